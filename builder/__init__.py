@@ -1,0 +1,1 @@
+"""pythonbuild's builder: builds the wheels upstream lacks for supported projects."""

@@ -1,0 +1,79 @@
+"""The aiohttp application: state, route table, and the one place errors become statuses."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from . import views
+from .config import Config
+from .keys import CONFIG, METRICS, PAGES, ROOT, UPSTREAM
+from .metrics import Metrics
+from .pagecache import PageCache
+from .rootindex import RootIndex
+from .upstream import Upstream, UpstreamError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every request by route and status; map domain errors to HTTP here only."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    metrics = request.app[METRICS]
+    try:
+        response = await handler(request)
+    except UpstreamError as exc:
+        # Nothing held and upstream failed: never a 404, never an empty 200.
+        response = web.Response(
+            status=exc.http_status,
+            text=f"upstream unavailable: {exc.kind}\n",
+            headers={"Cache-Control": "no-store"},
+        )
+    except web.HTTPException as exc:
+        metrics.requests.inc(route=route, status=str(exc.status))
+        raise
+    metrics.requests.inc(route=route, status=str(response.status))
+    return response
+
+
+async def _state(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    upstream = Upstream(config.proxy.upstream, config.proxy.upstream_timeout, app[METRICS])
+    await upstream.start()
+    app[UPSTREAM] = upstream
+    cache_dir = config.proxy.cache_dir
+    pages = PageCache(
+        cache_dir / "pages",
+        upstream,
+        app[METRICS],
+        ttl=config.proxy.page_ttl,
+        negative_ttl=config.proxy.negative_ttl,
+    )
+    app[PAGES] = pages
+    root = RootIndex(cache_dir / "root", upstream, app[METRICS], ttl=config.proxy.root_ttl)
+    await root.open()
+    app[ROOT] = root
+    try:
+        yield
+    finally:
+        await root.close()
+        await pages.close()
+        await upstream.close()
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[edge])
+    app[CONFIG] = config
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.append(_state)
+    app.router.add_get("/health", views.health)
+    app.router.add_get("/metrics", views.metrics)
+    app.router.add_get("/simple", views.add_slash)
+    app.router.add_get("/simple/", views.root_index)
+    app.router.add_get("/simple/{project}", views.add_slash)
+    app.router.add_get("/simple/{project}/", views.project_page)
+    app.router.add_get("/files/{project}/{filename}", views.project_file)
+    return app

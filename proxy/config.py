@@ -1,0 +1,162 @@
+"""config.ini, read once into frozen dataclasses shared by the proxy and the builder.
+
+Imports nothing from aiohttp: the builder loads the same file without the server.
+"""
+
+from __future__ import annotations
+
+import configparser
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+from packaging.utils import InvalidName, NormalizedName, canonicalize_name
+from yarl import URL
+
+PROJECT_PREFIX = "project:"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is one line for the operator."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ProxyConfig:
+    host: str
+    port: int
+    upstream: URL  # the upstream's Simple API root, always ending in "/"
+    cache_dir: Path
+    page_ttl: float
+    root_ttl: float
+    negative_ttl: float
+    upstream_timeout: float
+    unsupported: Literal["proxy", "redirect"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WheelhouseConfig:
+    path: Path
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ProjectConfig:
+    name: NormalizedName
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Config:
+    path: Path
+    proxy: ProxyConfig
+    wheelhouse: WheelhouseConfig
+    projects: Mapping[NormalizedName, ProjectConfig]
+
+    def is_supported(self, name: NormalizedName) -> bool:
+        return name in self.projects
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate `path`; raise ConfigError with a one-line reason."""
+    parser = configparser.ConfigParser(
+        inline_comment_prefixes=(";", "#"), interpolation=None, default_section="__none__"
+    )
+    try:
+        with open(path, encoding="utf-8") as fh:
+            parser.read_file(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except configparser.Error as exc:
+        first_line = str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: {first_line}") from None
+    return _build(path, parser)
+
+
+def _build(path: Path, parser: configparser.ConfigParser) -> Config:
+    base = path.resolve().parent
+    reader = _Reader(path, parser)
+    known = {"proxy", "wheelhouse", "builder"}
+    projects: dict[NormalizedName, ProjectConfig] = {}
+    for section in parser.sections():
+        if section.startswith(PROJECT_PREFIX):
+            raw = section[len(PROJECT_PREFIX) :].strip()
+            try:
+                name = canonicalize_name(raw, validate=True)
+            except InvalidName:
+                raise ConfigError(f"{path}: [{section}]: not a valid project name") from None
+            if name in projects:
+                raise ConfigError(f"{path}: [{section}]: project {name} is configured twice")
+            projects[name] = ProjectConfig(name=name)
+        elif section not in known:
+            raise ConfigError(f"{path}: unknown section [{section}]")
+
+    unsupported = reader.get("proxy", "unsupported", "proxy")
+    if unsupported not in ("proxy", "redirect"):
+        raise ConfigError(f"{path}: [proxy] unsupported must be proxy or redirect")
+    proxy = ProxyConfig(
+        host=reader.get("proxy", "host", "127.0.0.1"),
+        port=reader.port("proxy", "port", 8080),
+        upstream=reader.upstream("proxy", "upstream", "https://pypi.org/simple/"),
+        cache_dir=base / reader.get("proxy", "cache_dir", "var/cache"),
+        page_ttl=reader.seconds("proxy", "page_ttl", 600),
+        root_ttl=reader.seconds("proxy", "root_ttl", 3600),
+        negative_ttl=reader.seconds("proxy", "negative_ttl", 60),
+        upstream_timeout=reader.seconds("proxy", "upstream_timeout", 30, minimum=0.001),
+        unsupported="redirect" if unsupported == "redirect" else "proxy",
+    )
+    wheelhouse = WheelhouseConfig(path=base / reader.get("wheelhouse", "path", "var/wheelhouse"))
+    return Config(
+        path=path, proxy=proxy, wheelhouse=wheelhouse, projects=MappingProxyType(projects)
+    )
+
+
+class _Reader:
+    """Typed option access whose errors name the file, section and option."""
+
+    def __init__(self, path: Path, parser: configparser.ConfigParser) -> None:
+        self._path = path
+        self._parser = parser
+
+    def _fail(self, section: str, option: str, why: str) -> ConfigError:
+        return ConfigError(f"{self._path}: [{section}] {option}: {why}")
+
+    def get(self, section: str, option: str, default: str) -> str:
+        value = self._parser.get(section, option, fallback=default).strip()
+        if not value:
+            raise self._fail(section, option, "must not be empty")
+        return value
+
+    def seconds(self, section: str, option: str, default: float, minimum: float = 0) -> float:
+        raw = self.get(section, option, str(default))
+        try:
+            value = float(raw)
+        except ValueError:
+            raise self._fail(section, option, f"{raw!r} is not a number of seconds") from None
+        if not math.isfinite(value) or value < minimum:
+            raise self._fail(section, option, f"{raw!r} is out of range")
+        return value
+
+    def port(self, section: str, option: str, default: int) -> int:
+        raw = self.get(section, option, str(default))
+        if not raw.isdigit() or not 0 <= int(raw) <= 65535:
+            raise self._fail(section, option, f"{raw!r} is not a TCP port (0-65535)")
+        return int(raw)
+
+    def upstream(self, section: str, option: str, default: str) -> URL:
+        raw = self.get(section, option, default)
+        try:
+            url = URL(raw)
+        except ValueError:
+            raise self._fail(section, option, f"{raw!r} is not a URL") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise self._fail(section, option, f"{raw!r} is not an http(s) URL")
+        if url.query_string or url.fragment:
+            raise self._fail(section, option, "must not carry a query or fragment")
+        # Project pages are resolved relative to the root; without the slash
+        # ".../simple" + "six/" would lose the "simple" segment.
+        if not url.path.endswith("/"):
+            url = url.with_path(url.path + "/")
+        return url

@@ -1,0 +1,17 @@
+"""Typed application state keys (aiohttp's "no singletons" idiom)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .config import Config
+from .metrics import Metrics
+from .pagecache import PageCache
+from .rootindex import RootIndex
+from .upstream import Upstream
+
+CONFIG = web.AppKey("config", Config)
+METRICS = web.AppKey("metrics", Metrics)
+UPSTREAM = web.AppKey("upstream", Upstream)
+PAGES = web.AppKey("pages", PageCache)
+ROOT = web.AppKey("root", RootIndex)

@@ -1,0 +1,93 @@
+"""The project page model: PEP 691 JSON is the canonical shape, HTML is an adapter.
+
+Pure data, no I/O and no aiohttp, so the builder can share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from packaging.version import InvalidVersion
+
+# PEP 700 (versions, size, upload-time) is API 1.1; we always emit at least that.
+API_VERSION = "1.1"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DistFile:
+    """One file of a project, as the index describes it."""
+
+    filename: str
+    url: str  # absolute URL upstream serves it from, without fragment
+    hashes: Mapping[str, str] = field(default_factory=dict)
+    requires_python: str | None = None
+    # PEP 592: False, True, or the reason (a non-empty string).
+    yanked: bool | str = False
+    # PEP 658/714: False, True (no hash known), or the metadata file's hashes.
+    core_metadata: bool | Mapping[str, str] = False
+    size: int | None = None  # PEP 700
+    upload_time: str | None = None  # PEP 700, ISO 8601 as upstream wrote it
+    # JSON keys this model does not know (newer PEPs, private "_" keys): kept verbatim.
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProjectPage:
+    """A project's page: its files, its versions and what upstream said about it."""
+
+    name: str
+    files: tuple[DistFile, ...] = ()
+    versions: tuple[str, ...] = ()  # PEP 700
+    last_serial: int | None = None  # PyPI's X-PyPI-Last-Serial / meta._last-serial
+    api_version: str = API_VERSION
+    meta_extra: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    _by_filename: Mapping[str, DistFile] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_filename", {f.filename: f for f in self.files})
+
+    def file(self, filename: str) -> DistFile | None:
+        """The file named `filename` on this page, if any (O(1))."""
+        return self._by_filename.get(filename)
+
+
+def version_of(filename: str) -> str | None:
+    """The version a wheel or sdist filename carries, or None for other files."""
+    try:
+        if filename.endswith(".whl"):
+            return str(parse_wheel_filename(filename)[1])
+        return str(parse_sdist_filename(filename)[1])
+    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+        return None
+
+
+def merge_versions(listed: Iterable[str], files: Iterable[DistFile]) -> tuple[str, ...]:
+    """PEP 700 `versions`: what upstream listed plus every version a file carries.
+
+    Order of first appearance is kept, so an upstream list round-trips unchanged.
+    """
+    seen: dict[str, None] = dict.fromkeys(listed)
+    for f in files:
+        v = version_of(f.filename)
+        if v is not None:
+            seen.setdefault(v, None)
+    return tuple(seen)
+
+
+def is_safe_filename(filename: str) -> bool:
+    """A filename we can put in a URL path segment and look up by: no separators or controls."""
+    return (
+        0 < len(filename) <= 255
+        and filename not in (".", "..")
+        and not any(c in filename for c in "/\\")
+        and all(c.isprintable() for c in filename)
+    )

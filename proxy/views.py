@@ -1,0 +1,177 @@
+"""Request handlers: thin, each reads the request, asks a component, answers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from urllib.parse import quote
+
+from aiohttp import web
+from packaging.utils import InvalidName, NormalizedName, canonicalize_name
+
+from .keys import CONFIG, METRICS, PAGES, ROOT, UPSTREAM
+from .model import DistFile, ProjectPage
+from .negotiate import Format, negotiate
+from .pagecache import CachedPage
+from .render import render_project_html, render_project_json
+
+# No real project name comes near this; a 5 kB "name" never reaches upstream.
+MAX_NAME_LENGTH = 200
+METADATA_SUFFIX = ".metadata"
+
+
+def project_name(raw: str) -> NormalizedName:
+    """The normalized name, or 404 for anything that is not a valid project name
+    (that covers "..", "%2e%2e", NUL, backslashes, newlines and slashes)."""
+    if len(raw) > MAX_NAME_LENGTH:
+        raise web.HTTPNotFound(text="not a valid project name\n")
+    try:
+        return canonicalize_name(raw, validate=True)
+    except InvalidName:
+        raise web.HTTPNotFound(text="not a valid project name\n") from None
+
+
+def _with_query(request: web.Request, path: str) -> str:
+    return f"{path}?{request.query_string}" if request.query_string else path
+
+
+def _format(request: web.Request) -> Format:
+    fmt = negotiate(request.headers.get("Accept"), request.query.get("format"))
+    if fmt is None:
+        raise web.HTTPNotAcceptable(
+            text="acceptable: application/vnd.pypi.simple.v1+json, "
+            "application/vnd.pypi.simple.v1+html, text/html\n",
+            headers={"Vary": "Accept"},
+        )
+    return fmt
+
+
+async def add_slash(request: web.Request) -> web.StreamResponse:
+    raw = request.match_info.get("project")
+    path = "/simple/" if raw is None else f"/simple/{project_name(raw)}/"
+    raise web.HTTPMovedPermanently(_with_query(request, path))
+
+
+def _file_url(project: str, f: DistFile) -> str:
+    # Relative to /simple/{project}/, so the proxy works behind any host or prefix.
+    return f"../../files/{project}/{quote(f.filename)}"
+
+
+def _render(entry: CachedPage, page: ProjectPage, fmt: Format) -> tuple[bytes, str]:
+    """Render once per cached page and format (called in a worker thread)."""
+    memo = entry.rendered.get(fmt)
+    if memo is None:
+        project = canonicalize_name(page.name)
+
+        def url_for(f: DistFile) -> str:
+            return _file_url(project, f)
+
+        body = (
+            render_project_json(page, url_for)
+            if fmt.is_json
+            else render_project_html(page, url_for)
+        )
+        memo = (body, f'"{hashlib.sha256(body).hexdigest()[:32]}"')
+        entry.rendered[fmt] = memo
+    return memo
+
+
+async def project_page(request: web.Request) -> web.StreamResponse:
+    raw = request.match_info["project"]
+    name = project_name(raw)
+    if raw != name:
+        raise web.HTTPMovedPermanently(_with_query(request, f"/simple/{name}/"))
+    config = request.app[CONFIG]
+    if config.proxy.unsupported == "redirect" and not config.is_supported(name):
+        # Temporary: pip caches a 301 for good, and the project may become supported.
+        raise web.HTTPTemporaryRedirect(str(request.app[UPSTREAM].page_url(name)))
+    fmt = _format(request)
+    result = await request.app[PAGES].get(name)
+    page = result.entry.page
+    if page is None:
+        raise web.HTTPNotFound(text=f"no project named {name}\n", headers={"Vary": "Accept"})
+    memo = result.entry.rendered.get(fmt)
+    body, etag = (
+        memo if memo is not None else await asyncio.to_thread(_render, result.entry, page, fmt)
+    )
+    headers = {
+        "Content-Type": fmt.value,
+        "Vary": "Accept",
+        "ETag": etag,
+        "Cache-Control": _page_cache_control(result.stale, result.expires_at),
+    }
+    if result.entry.serial is not None:
+        headers["X-PyPI-Last-Serial"] = str(result.entry.serial)
+    if any(tag.value == etag.strip('"') for tag in request.if_none_match or ()):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, headers=headers)
+
+
+def _page_cache_control(stale: bool, expires_at: float) -> str:
+    if stale:
+        return "max-age=0, must-revalidate"
+    return f"max-age={max(0, int(expires_at - time.time()))}, public"
+
+
+async def root_index(request: web.Request) -> web.StreamResponse:
+    fmt = _format(request)
+    generation = await request.app[ROOT].get()
+    path = generation.json if fmt.is_json else generation.html
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": fmt.value,
+            "Vary": "Accept",
+            "Cache-Control": "max-age=600, public",
+        },
+    )
+
+
+async def project_file(request: web.Request) -> web.StreamResponse:
+    """Stream a file of a project page through from upstream.
+
+    The outbound URL comes only from the page we hold, looked up by filename;
+    nothing of the client's path is used to build it.
+    """
+    name = project_name(request.match_info["project"])
+    filename = request.match_info["filename"]
+    result = await request.app[PAGES].get(name)
+    page = result.entry.page
+    wanted = filename.removesuffix(METADATA_SUFFIX)
+    f = page.file(wanted) if page is not None else None
+    if f is None or (wanted != filename and not f.core_metadata):
+        raise web.HTTPNotFound(text="no such file\n")
+    url = f.url + (METADATA_SUFFIX if wanted != filename else "")
+    if not url.startswith(("https://", "http://")):
+        raise web.HTTPNotFound(text="no such file\n")
+    async with request.app[UPSTREAM].stream(url, "file") as upstream:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        if upstream.content_length is not None:
+            response.content_length = upstream.content_length
+        await response.prepare(request)
+        if request.method != "HEAD":
+            async for chunk in upstream.content.iter_chunked(1 << 16):
+                await response.write(chunk)
+        await response.write_eof()
+        return response
+
+
+async def health(request: web.Request) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    return web.json_response(
+        {
+            "status": "ok",
+            "upstream": str(config.proxy.upstream),
+            "supported_projects": sorted(config.projects),
+        },
+    )
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    return web.Response(
+        text=request.app[METRICS].render(),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"Cache-Control": "no-store"},
+    )
