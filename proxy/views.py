@@ -11,7 +11,7 @@ from aiohttp import web
 from packaging.utils import InvalidName, NormalizedName, canonicalize_name
 
 from .keys import CONFIG, METRICS, PAGES, ROOT, UPSTREAM
-from .model import DistFile, ProjectPage
+from .model import DistFile, ProjectPage, is_safe_filename
 from .negotiate import Format, negotiate
 from .pagecache import CachedPage
 from .render import render_project_html, render_project_json
@@ -136,6 +136,8 @@ async def project_file(request: web.Request) -> web.StreamResponse:
     """
     name = project_name(request.match_info["project"])
     filename = request.match_info["filename"]
+    if not is_safe_filename(filename):
+        raise web.HTTPNotFound(text="no such file\n")
     result = await request.app[PAGES].get(name)
     page = result.entry.page
     wanted = filename.removesuffix(METADATA_SUFFIX)

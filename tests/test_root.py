@@ -1,0 +1,144 @@
+"""The root project list: streamed from upstream, stored as files, served in both formats."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from proxy.parse import PageFormatError
+from proxy.rootindex import _JsonNames
+from tests.conftest import ProxyFactory
+from tests.test_pages import JSON_V1, PIP_ACCEPT, anchors
+from tests.upstream import FixtureUpstream
+
+
+@pytest.mark.parametrize("upstream_format", ["json", "html"])
+async def test_large_root_is_served_whole_in_both_formats(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, upstream_format: str
+) -> None:
+    upstream.knobs.root_names = 60_000
+    upstream.knobs.root_format = upstream_format
+    upstream.add("Some_Project.Name")
+    client = await make_proxy()
+    resp = await client.get("/simple/", headers={"Accept": PIP_ACCEPT})
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == JSON_V1
+    assert resp.headers["Vary"] == "Accept"
+    doc = await resp.json(content_type=JSON_V1)
+    names = [p["name"] for p in doc["projects"]]
+    assert len(names) == 60_001
+    assert names[0] == "Some_Project.Name"
+    assert names[-1] == "generated-project-59999"
+    assert doc["meta"]["api-version"] == "1.1"
+
+    resp = await client.get("/simple/")
+    assert resp.headers["Content-Type"] == "text/html"
+    links = anchors(await resp.text())
+    assert len(links) == 60_001
+    assert links[0]["href"] == "some-project-name/"
+    assert upstream.requests["/simple/"] == 1
+
+
+async def test_head_on_root(make_proxy: ProxyFactory, upstream: FixtureUpstream) -> None:
+    client = await make_proxy()
+    get = await client.get("/simple/")
+    head = await client.head("/simple/")
+    assert head.status == 200
+    assert head.headers["Content-Length"] == get.headers["Content-Length"]
+    assert await head.read() == b""
+
+
+async def test_stale_root_is_served_at_once_and_refreshed_once(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream
+) -> None:
+    client = await make_proxy(root_ttl=0)
+    first = await (await client.get("/simple/?format=json")).json(content_type=JSON_V1)
+    upstream.add("new-project")
+    responses = await asyncio.gather(*(client.get("/simple/?format=json") for _ in range(10)))
+    assert all(r.status == 200 for r in responses)
+    for _ in range(100):
+        if upstream.requests["/simple/"] == 2:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)
+    assert upstream.requests["/simple/"] == 2
+    doc = await (await client.get("/simple/?format=json")).json(content_type=JSON_V1)
+    assert {"name": "new-project"} in doc["projects"]
+    assert {"name": "new-project"} not in first["projects"]
+
+
+async def test_root_failure_keeps_the_held_root(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    client = await make_proxy(root_ttl=0)
+    good = await (await client.get("/simple/")).read()
+    upstream.knobs.page_status = 500
+    for _ in range(3):
+        resp = await client.get("/simple/")
+        assert resp.status == 200
+        assert await resp.read() == good
+        await asyncio.sleep(0.05)
+    await client.close()
+    client = await make_proxy(root_ttl=0)  # and after a restart
+    assert await (await client.get("/simple/")).read() == good
+    generations = list((tmp_path / "proxy" / "cache" / "root").glob("gen-*"))
+    assert len(generations) == 1
+
+
+async def test_cold_root_with_upstream_failing_is_502(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream
+) -> None:
+    upstream.knobs.page_status = 503
+    client = await make_proxy()
+    resp = await client.get("/simple/")
+    assert resp.status == 502
+
+
+async def test_leftovers_of_a_crashed_fetch_are_cleaned_at_start(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    root_dir = tmp_path / "proxy" / "cache" / "root"
+    (root_dir / "tmp-crashed").mkdir(parents=True)
+    (root_dir / "tmp-crashed" / "root.html").write_text("<a>half")
+    (root_dir / "gen-1-never-switched").mkdir()
+    client = await make_proxy()
+    await client.get("/simple/")
+    assert not (root_dir / "tmp-crashed").exists()
+    assert not (root_dir / "gen-1-never-switched").exists()
+
+
+def _scan(text: str, chunk: int) -> list[str]:
+    scanner = _JsonNames()
+    names: list[str] = []
+    for i in range(0, len(text), chunk):
+        names += scanner.feed(text[i : i + chunk])
+    return names + scanner.close()
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 64, 10_000])
+def test_json_root_scanner_survives_any_chunking(chunk: int) -> None:
+    projects = [{"name": n} for n in ("a", 'q"uote', "back\\slash", "ünï", "x" * 300)]
+    doc = {"meta": {"api-version": "1.1", "_last-serial": 42}, "projects": projects}
+    for text in (
+        json.dumps(doc),
+        json.dumps(doc, indent=2),
+        json.dumps(dict(reversed(doc.items()))),
+    ):
+        assert _scan(text, chunk) == [p["name"] for p in projects]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"projects": [{"name": "a"}, {"name": "b"',  # cut short
+        '{"projects": [{"name": "a"} {"name": "b"}]}',  # missing comma
+        '["a", "b"]',
+        '{"projects": [{"name": "a"}]} trailing',
+    ],
+)
+def test_json_root_scanner_rejects_malformed_roots(text: str) -> None:
+    with pytest.raises(PageFormatError):
+        _scan(text, 5)

@@ -1,0 +1,181 @@
+"""A fixture upstream index: a real aiohttp app on 127.0.0.1 that can misbehave.
+
+It serves project pages in PEP 691 JSON and PEP 503 HTML (negotiated, or only
+one of them, like older mirrors), files with their PEP 658 metadata, and a
+root list of any size, streamed. Every request is counted, and knobs make it
+fail: a status for pages, a delay, garbage bodies, ETags and serials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from html import escape
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from packaging.utils import canonicalize_name
+
+from tests.dists import Dist
+
+JSON_V1 = "application/vnd.pypi.simple.v1+json"
+
+
+@dataclass
+class Project:
+    name: str
+    dists: list[Dist] = field(default_factory=list)
+    yanked: dict[str, str | bool] = field(default_factory=dict)
+    requires_python: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Knobs:
+    formats: str = "both"  # both | json | html: what the fixture can answer
+    page_status: int | None = None  # answer pages with this status instead
+    page_delay: float = 0.0
+    garbage: bool = False  # a 200 whose body is not a page in its content type
+    etags: bool = True
+    serial: int | None = 100  # X-PyPI-Last-Serial, None for no header
+    root_names: int = 3
+    root_format: str = "json"  # json | html
+
+
+class FixtureUpstream:
+    url = ""  # the Simple API root, once the server is up
+    server: TestServer | None = None
+
+    def __init__(self) -> None:
+        self.projects: dict[str, Project] = {}
+        self.knobs = Knobs()
+        self.requests: Counter[str] = Counter()
+        self.conditional: Counter[str] = Counter()  # page requests that carried validators
+        self.app = web.Application()
+        self.app.router.add_get("/simple/", self._root)
+        self.app.router.add_get("/simple/{project}/", self._page)
+        self.app.router.add_get("/files/{project}/{filename}", self._file)
+
+    def add(self, name: str, *dists: Dist) -> Project:
+        project = self.projects.setdefault(canonicalize_name(name), Project(name))
+        project.dists.extend(dists)
+        return project
+
+    def file_requests(self) -> int:
+        return sum(n for path, n in self.requests.items() if path.startswith("/files/"))
+
+    # -- handlers ----------------------------------------------------------------
+
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        self.requests[request.path] += 1
+        if request.headers.get("If-None-Match") or request.headers.get("If-Modified-Since"):
+            self.conditional[request.path] += 1
+        knobs = self.knobs
+        if knobs.page_delay:
+            await asyncio.sleep(knobs.page_delay)
+        if knobs.page_status is not None:
+            return web.Response(status=knobs.page_status, text="fixture failure")
+        project = self.projects.get(request.match_info["project"])
+        if project is None:
+            return web.Response(status=404, text="Not Found")
+        want_json = knobs.formats == "json" or (
+            knobs.formats == "both" and JSON_V1 in request.headers.get("Accept", "")
+        )
+        files_base = f"{request.url.origin()}/files/{canonicalize_name(project.name)}/"
+        if want_json:
+            content_type = JSON_V1
+            body = (
+                b'{"meta": {"api-version": "1.1"}, "files": ['
+                if knobs.garbage
+                else (self._json(project, files_base))
+            )
+        else:
+            content_type = "text/html"
+            body = (
+                b"\x89PNG\r\n\x1a\n\xff\xfe not html at all"
+                if knobs.garbage
+                else self._html(project, files_base)
+            )
+        etag = f'"{hashlib.sha256(body).hexdigest()[:16]}"'
+        headers = {"Content-Type": content_type}
+        if knobs.etags:
+            headers["ETag"] = etag
+            if request.headers.get("If-None-Match") == etag:
+                return web.Response(status=304, headers=headers)
+        if knobs.serial is not None:
+            headers["X-PyPI-Last-Serial"] = str(knobs.serial)
+        return web.Response(body=body, headers=headers)
+
+    def _json(self, project: Project, files_base: str) -> bytes:
+        files = []
+        for d in project.dists:
+            entry: dict[str, object] = {
+                "filename": d.filename,
+                "url": files_base + d.filename,
+                "hashes": {"sha256": d.sha256},
+                "requires-python": project.requires_python.get(d.filename),
+                "yanked": project.yanked.get(d.filename, False),
+                "size": len(d.content),
+                "upload-time": "2024-01-01T00:00:00.000000Z",
+            }
+            if d.metadata is not None:
+                entry["core-metadata"] = {"sha256": hashlib.sha256(d.metadata).hexdigest()}
+            files.append(entry)
+        doc = {"meta": {"api-version": "1.1"}, "name": project.name, "files": files}
+        return json.dumps(doc).encode()
+
+    def _html(self, project: Project, files_base: str) -> bytes:
+        lines = ["<!DOCTYPE html><html><body>"]
+        for d in project.dists:
+            attrs = f' href="{files_base}{d.filename}#sha256={d.sha256}"'
+            if rp := project.requires_python.get(d.filename):
+                attrs += f' data-requires-python="{escape(rp)}"'
+            if (yanked := project.yanked.get(d.filename)) is not None:
+                reason = "" if yanked is True else str(yanked)
+                attrs += f' data-yanked="{escape(reason)}"'
+            if d.metadata is not None:
+                digest = hashlib.sha256(d.metadata).hexdigest()
+                attrs += f' data-dist-info-metadata="sha256={digest}"'
+            lines.append(f"<a{attrs}>{d.filename}</a><br>")
+        lines.append("</body></html>")
+        return "\n".join(lines).encode()
+
+    async def _root(self, request: web.Request) -> web.StreamResponse:
+        self.requests[request.path] += 1
+        knobs = self.knobs
+        if knobs.page_status is not None:
+            return web.Response(status=knobs.page_status, text="fixture failure")
+        is_json = knobs.root_format == "json"
+        response = web.StreamResponse(headers={"Content-Type": JSON_V1 if is_json else "text/html"})
+        await response.prepare(request)
+        names = [p.name for p in self.projects.values()]
+        names += [f"generated-project-{i}" for i in range(knobs.root_names)]
+        batch: list[str] = []
+        await response.write(
+            b'{"meta":{"api-version":"1.1"},"projects":[' if is_json else b"<html>"
+        )
+        for i, name in enumerate(names):
+            if is_json:
+                batch.append(("," if i else "") + json.dumps({"name": name}))
+            else:
+                batch.append(f'<a href="/simple/{canonicalize_name(name)}/">{name}</a>\n')
+            if len(batch) >= 5000:
+                await response.write("".join(batch).encode())
+                batch = []
+        batch.append("]}" if is_json else "</html>")
+        await response.write("".join(batch).encode())
+        await response.write_eof()
+        return response
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        self.requests[request.path] += 1
+        project = self.projects.get(request.match_info["project"])
+        filename = request.match_info["filename"]
+        for d in project.dists if project else ():
+            if d.filename == filename:
+                return web.Response(body=d.content, content_type="application/octet-stream")
+            if d.metadata is not None and f"{d.filename}.metadata" == filename:
+                return web.Response(body=d.metadata, content_type="application/octet-stream")
+        return web.Response(status=404)
