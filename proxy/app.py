@@ -35,6 +35,9 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         metrics.requests.inc(route=route, status=str(exc.status))
         raise
+    except Exception:
+        metrics.requests.inc(route=route, status="500")  # a bug: aiohttp answers 500
+        raise
     metrics.requests.inc(route=route, status=str(response.status))
     return response
 
