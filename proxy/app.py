@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import views
+from . import fileviews, views
 from .config import Config
-from .keys import CONFIG, METRICS, PAGES, ROOT, UPSTREAM
+from .downloads import Downloader
+from .filestore import FileStore
+from .keys import CONFIG, DOWNLOADS, METRICS, PAGES, ROOT, STORE, UPSTREAM
 from .metrics import Metrics
 from .pagecache import PageCache
 from .rootindex import RootIndex
@@ -59,9 +62,20 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     root = RootIndex(cache_dir / "root", upstream, app[METRICS], ttl=config.proxy.root_ttl)
     await root.open()
     app[ROOT] = root
+    metrics = app[METRICS]
+    store = FileStore(
+        cache_dir / "files",
+        config.proxy.cache_max_size,
+        on_corrupt=lambda: metrics.file_failures.inc(kind="corrupt"),
+    )
+    await asyncio.to_thread(store.open)
+    app[STORE] = store
+    downloads = Downloader(store, upstream, metrics)
+    app[DOWNLOADS] = downloads
     try:
         yield
     finally:
+        await downloads.close()
         await root.close()
         await pages.close()
         await upstream.close()
@@ -78,5 +92,5 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/simple/", views.root_index)
     app.router.add_get("/simple/{project}", views.add_slash)
     app.router.add_get("/simple/{project}/", views.project_page)
-    app.router.add_get("/files/{project}/{filename}", views.project_file)
+    app.router.add_get("/files/{project}/{filename}", fileviews.project_file)
     return app

@@ -17,6 +17,7 @@ from packaging.utils import InvalidName, NormalizedName, canonicalize_name
 from yarl import URL
 
 PROJECT_PREFIX = "project:"
+_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 class ConfigError(Exception):
@@ -34,6 +35,7 @@ class ProxyConfig:
     negative_ttl: float
     upstream_timeout: float
     unsupported: Literal["proxy", "redirect"]
+    cache_max_size: int | None  # bytes of distribution files kept; None: no cap
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -106,6 +108,7 @@ def _build(path: Path, parser: configparser.ConfigParser) -> Config:
         negative_ttl=reader.seconds("proxy", "negative_ttl", 60),
         upstream_timeout=reader.seconds("proxy", "upstream_timeout", 30, minimum=0.001),
         unsupported="redirect" if unsupported == "redirect" else "proxy",
+        cache_max_size=reader.size("proxy", "cache_max_size"),
     )
     wheelhouse = WheelhouseConfig(path=base / reader.get("wheelhouse", "path", "var/wheelhouse"))
     return Config(
@@ -138,6 +141,22 @@ class _Reader:
         if not math.isfinite(value) or value < minimum:
             raise self._fail(section, option, f"{raw!r} is out of range")
         return value
+
+    def size(self, section: str, option: str) -> int | None:
+        """A byte size such as 50G, 512M, 1.5T or 1000 (binary units); absent: None."""
+        if not self._parser.has_option(section, option):
+            return None
+        raw = self.get(section, option, "")
+        number, unit = raw, ""
+        if raw[-1:].upper() in _UNITS:
+            number, unit = raw[:-1], raw[-1].upper()
+        try:
+            value = float(number) * _UNITS.get(unit, 1)
+        except ValueError:
+            raise self._fail(section, option, f"{raw!r} is not a size like 50G") from None
+        if not math.isfinite(value) or value < 1:
+            raise self._fail(section, option, f"{raw!r} is out of range")
+        return int(value)
 
     def port(self, section: str, option: str, default: int) -> int:
         raw = self.get(section, option, str(default))

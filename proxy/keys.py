@@ -5,6 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from .config import Config
+from .downloads import Downloader
+from .filestore import FileStore
 from .metrics import Metrics
 from .pagecache import PageCache
 from .rootindex import RootIndex
@@ -15,3 +17,5 @@ METRICS = web.AppKey("metrics", Metrics)
 UPSTREAM = web.AppKey("upstream", Upstream)
 PAGES = web.AppKey("pages", PageCache)
 ROOT = web.AppKey("root", RootIndex)
+STORE = web.AppKey("store", FileStore)
+DOWNLOADS = web.AppKey("downloads", Downloader)

@@ -87,6 +87,22 @@ class Metrics:
             "pythonbuild_upstream_pages_rejected_total",
             "Upstream pages not taken: older serial than held, or unparseable.",
         )
+        self.file_cache = Counter(
+            "pythonbuild_file_cache_total",
+            "File requests: hit (from disk), miss (fetched from upstream), "
+            "passthrough (no sha256 on the page, not cached).",
+        )
+        self.file_bytes = Counter(
+            "pythonbuild_file_bytes_total",
+            "File bytes: served from the cache, received from upstream.",
+        )
+        self.file_failures = Counter(
+            "pythonbuild_file_verification_failures_total",
+            "Files not kept or thrown away: size or hash mismatch, failed fetch, corrupt on disk.",
+        )
+        self.file_fetch_seconds = Histogram(
+            "pythonbuild_file_fetch_seconds", "Duration of whole upstream file downloads."
+        )
         self.upstream_latency = Histogram(
             "pythonbuild_upstream_request_seconds",
             "Time to upstream response headers (pages: whole body).",
@@ -101,6 +117,10 @@ class Metrics:
             self.page_cache,
             self.upstream_errors,
             self.pages_rejected,
+            self.file_cache,
+            self.file_bytes,
+            self.file_failures,
             self.upstream_latency,
+            self.file_fetch_seconds,
         )
         return "\n".join(line for part in parts for line in part.lines()) + "\n"

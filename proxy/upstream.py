@@ -36,6 +36,14 @@ class UpstreamError(Exception):
         self.kind = kind  # a short label for metrics
 
 
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def _check_target(url: URL, allowed_hosts: frozenset[str]) -> None:
+    if url.scheme not in ("http", "https") or url.host not in allowed_hosts:
+        raise UpstreamError("redirect_refused", f"{url} is not an upstream or file host")
+
+
 class UpstreamTimeout(UpstreamError):
     http_status = 504
 
@@ -148,12 +156,15 @@ class Upstream:
         headers: Mapping[str, str] | None = None,
         ok: tuple[int, ...] = (200,),
         raw: bool = True,
+        allowed_hosts: frozenset[str] | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """GET `url` for streaming; the response status is in `ok` or UpstreamError is raised.
 
         Only connecting and each read are bounded: a large file or the root list
         may take minutes to arrive, but never stall. `raw` asks for and keeps
-        exactly the bytes upstream published (no Content-Encoding).
+        exactly the bytes upstream published (no Content-Encoding). With
+        `allowed_hosts`, redirects are followed by hand and only over http(s)
+        to those hosts, at most MAX_REDIRECTS times.
         """
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self._timeout, sock_read=self._timeout
@@ -162,18 +173,29 @@ class Upstream:
         if raw:
             request_headers["Accept-Encoding"] = "identity"
         started = time.monotonic()
+        target = URL(url)
         with self._errors(f"{kind} {url}"):
-            async with self.session.get(
-                url,
-                timeout=timeout,
-                max_redirects=MAX_REDIRECTS,
-                headers=request_headers,
-                auto_decompress=not raw,
-            ) as resp:
-                self._metrics.observe_upstream(time.monotonic() - started)
-                if resp.status not in ok:
-                    raise UpstreamError("status", f"{kind} {url} answered {resp.status}")
-                yield resp
+            for _ in range(MAX_REDIRECTS + 1):
+                if allowed_hosts is not None:
+                    _check_target(target, allowed_hosts)
+                async with self.session.get(
+                    target,
+                    timeout=timeout,
+                    max_redirects=MAX_REDIRECTS,
+                    allow_redirects=allowed_hosts is None,
+                    headers=request_headers,
+                    auto_decompress=not raw,
+                ) as resp:
+                    if allowed_hosts is not None and resp.status in _REDIRECTS:
+                        location = resp.headers.get("Location", "")
+                        target = target.join(URL(location))
+                        continue
+                    self._metrics.observe_upstream(time.monotonic() - started)
+                    if resp.status not in ok:
+                        raise UpstreamError("status", f"{kind} {url} answered {resp.status}")
+                    yield resp
+                    return
+            raise UpstreamError("redirects", f"{kind} {url} redirects too often")
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:

@@ -8,28 +8,14 @@ import time
 from urllib.parse import quote
 
 from aiohttp import web
-from packaging.utils import InvalidName, NormalizedName, canonicalize_name
+from packaging.utils import canonicalize_name
 
 from .keys import CONFIG, METRICS, PAGES, ROOT, UPSTREAM
-from .model import DistFile, ProjectPage, is_safe_filename
+from .model import DistFile, ProjectPage
+from .names import project_name
 from .negotiate import Format, negotiate
 from .pagecache import CachedPage
 from .render import render_project_html, render_project_json
-
-# No real project name comes near this; a 5 kB "name" never reaches upstream.
-MAX_NAME_LENGTH = 200
-METADATA_SUFFIX = ".metadata"
-
-
-def project_name(raw: str) -> NormalizedName:
-    """The normalized name, or 404 for anything that is not a valid project name
-    (that covers "..", "%2e%2e", NUL, backslashes, newlines and slashes)."""
-    if len(raw) > MAX_NAME_LENGTH:
-        raise web.HTTPNotFound(text="not a valid project name\n")
-    try:
-        return canonicalize_name(raw, validate=True)
-    except InvalidName:
-        raise web.HTTPNotFound(text="not a valid project name\n") from None
 
 
 def _with_query(request: web.Request, path: str) -> str:
@@ -126,37 +112,6 @@ async def root_index(request: web.Request) -> web.StreamResponse:
             "Cache-Control": "max-age=600, public",
         },
     )
-
-
-async def project_file(request: web.Request) -> web.StreamResponse:
-    """Stream a file of a project page through from upstream.
-
-    The outbound URL comes only from the page we hold, looked up by filename;
-    nothing of the client's path is used to build it.
-    """
-    name = project_name(request.match_info["project"])
-    filename = request.match_info["filename"]
-    if not is_safe_filename(filename):
-        raise web.HTTPNotFound(text="no such file\n")
-    result = await request.app[PAGES].get(name)
-    page = result.entry.page
-    wanted = filename.removesuffix(METADATA_SUFFIX)
-    f = page.file(wanted) if page is not None else None
-    if f is None or (wanted != filename and not f.core_metadata):
-        raise web.HTTPNotFound(text="no such file\n")
-    url = f.url + (METADATA_SUFFIX if wanted != filename else "")
-    if not url.startswith(("https://", "http://")):
-        raise web.HTTPNotFound(text="no such file\n")
-    async with request.app[UPSTREAM].stream(url, "file") as upstream:
-        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        if upstream.content_length is not None:
-            response.content_length = upstream.content_length
-        await response.prepare(request)
-        if request.method != "HEAD":
-            async for chunk in upstream.content.iter_chunked(1 << 16):
-                await response.write(chunk)
-        await response.write_eof()
-        return response
 
 
 async def health(request: web.Request) -> web.StreamResponse:

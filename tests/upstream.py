@@ -42,6 +42,11 @@ class Knobs:
     serial: int | None = 100  # X-PyPI-Last-Serial, None for no header
     root_names: int = 3
     root_format: str = "json"  # json | html
+    # Files: ok | wrong_hash | truncate | short_length | stall | gzip | redirect_loop
+    file_mode: str = "ok"
+    file_chunk: int = 64 * 1024
+    file_pause: float = 0.0  # seconds between chunks: a slow upstream
+    file_redirect: str | None = None  # answer file requests with a 302 to here
 
 
 class FixtureUpstream:
@@ -53,6 +58,7 @@ class FixtureUpstream:
         self.knobs = Knobs()
         self.requests: Counter[str] = Counter()
         self.conditional: Counter[str] = Counter()  # page requests that carried validators
+        self.file_sent: Counter[str] = Counter()  # bytes of each file sent so far
         self.app = web.Application()
         self.app.router.add_get("/simple/", self._root)
         self.app.router.add_get("/simple/{project}/", self._page)
@@ -171,11 +177,45 @@ class FixtureUpstream:
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         self.requests[request.path] += 1
+        knobs = self.knobs
+        if knobs.file_redirect is not None:
+            raise web.HTTPFound(knobs.file_redirect)
+        if knobs.file_mode == "redirect_loop":
+            raise web.HTTPFound(str(request.url))
         project = self.projects.get(request.match_info["project"])
         filename = request.match_info["filename"]
+        body: bytes | None = None
         for d in project.dists if project else ():
             if d.filename == filename:
-                return web.Response(body=d.content, content_type="application/octet-stream")
-            if d.metadata is not None and f"{d.filename}.metadata" == filename:
-                return web.Response(body=d.metadata, content_type="application/octet-stream")
-        return web.Response(status=404)
+                body = d.content
+            elif d.metadata is not None and f"{d.filename}.metadata" == filename:
+                body = d.metadata
+        if body is None:
+            return web.Response(status=404)
+        mode = knobs.file_mode
+        length = len(body)
+        if mode == "wrong_hash":
+            body = bytes(b ^ 0x55 for b in body)
+        elif mode == "short_length":
+            body = body[: length // 2]
+            length = len(body)
+        headers = {"Content-Type": "application/octet-stream"}
+        if mode == "gzip":
+            headers["Content-Encoding"] = "gzip"  # a misconfigured server's classic
+        response = web.StreamResponse(headers=headers)
+        response.content_length = length
+        await response.prepare(request)
+        cut = length // 2 if mode in ("truncate", "stall") else length
+        for start in range(0, cut, knobs.file_chunk):
+            await response.write(body[start : min(start + knobs.file_chunk, cut)])
+            self.file_sent[request.path] = min(start + knobs.file_chunk, cut)
+            if knobs.file_pause:
+                await asyncio.sleep(knobs.file_pause)
+        if mode == "stall":
+            await asyncio.sleep(3600)
+        if mode == "truncate":
+            assert request.transport is not None
+            request.transport.abort()
+            return response
+        await response.write_eof()
+        return response

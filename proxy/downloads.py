@@ -1,0 +1,153 @@
+"""Cold files: one upstream download per sha256, teed to every client that asks.
+
+The download writes into a partial file (FileStore.begin) with a running sha256
+and byte count; clients follow it by reading the same file descriptor with
+pread, so a late client catches up from disk and nobody holds the file in
+memory. The download belongs to no client: one that disconnects does not
+cancel it for the others. Only when length and hash match the page is the
+file renamed into place (FileStore.commit); otherwise nothing is kept, the
+clients' transfers are aborted, and the next request tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .filestore import FileStore, Partial, StoreError
+from .metrics import Metrics
+from .upstream import Upstream, UpstreamError
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a file comes from and what it must be, all taken from upstream's page."""
+
+    url: str
+    sha256: str
+    size: int | None
+    allowed_hosts: frozenset[str]
+
+
+class Download:
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.content_length: int | None = source.size
+        self.partial: Partial | None = None
+        self.path: Path | None = None  # the committed file, once verified
+        self.error: Exception | None = None
+        self.started = asyncio.Event()  # headers in and partial open, or failed
+        self.finished = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._readers = 0
+        self._closed = False
+
+    @property
+    def written(self) -> int:
+        return self.partial.written if self.partial is not None else 0
+
+    async def notify(self) -> None:
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def wait_beyond(self, offset: int) -> None:
+        """Return once more than `offset` bytes are written, or the download ended."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.written > offset or self.finished.is_set())
+
+    def attach(self) -> None:
+        self._readers += 1
+
+    def detach(self) -> None:
+        self._readers -= 1
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self.finished.is_set() and self._readers == 0 and not self._closed:
+            self._closed = True
+            if self.partial is not None:
+                os.close(self.partial.fd)
+
+    async def read(self, offset: int, limit: int) -> bytes:
+        assert self.partial is not None
+        return await asyncio.to_thread(os.pread, self.partial.fd, limit, offset)
+
+
+class Downloader:
+    def __init__(self, store: FileStore, upstream: Upstream, metrics: Metrics) -> None:
+        self._store = store
+        self._upstream = upstream
+        self._metrics = metrics
+        self._active: dict[str, Download] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def get(self, source: Source) -> Download:
+        """The running download of this file, or a new one."""
+        download = self._active.get(source.sha256)
+        if download is None:
+            download = Download(source)
+            self._active[source.sha256] = download
+            task = asyncio.ensure_future(self._run(download))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return download
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self, download: Download) -> None:
+        source = download.source
+        started = time.monotonic()
+        partial: Partial | None = None
+        try:
+            async with self._upstream.stream(
+                source.url, "file", allowed_hosts=source.allowed_hosts
+            ) as resp:
+                length = resp.content_length
+                if source.size is not None and length is not None and length != source.size:
+                    raise StoreError(
+                        "size", f"{source.url}: {length} bytes announced, page says {source.size}"
+                    )
+                download.content_length = source.size if source.size is not None else length
+                partial = download.partial = await asyncio.to_thread(
+                    self._store.begin, source.sha256
+                )
+                download.started.set()
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    await asyncio.to_thread(partial.write, chunk)
+                    self._metrics.file_bytes.inc(len(chunk), source="upstream")
+                    await download.notify()
+            download.path = await asyncio.to_thread(
+                self._store.commit, partial, download.content_length
+            )
+        except (UpstreamError, StoreError, OSError) as exc:
+            # OSError: a full disk, a vanished folder; the next request tries again.
+            log.warning("download of %s failed: %s", source.url, exc)
+            kind = exc.kind if isinstance(exc, StoreError) else "fetch"
+            self._metrics.file_failures.inc(kind=kind)
+            download.error = exc
+        except asyncio.CancelledError:
+            download.error = UpstreamError("cancelled", "proxy shutting down")
+            raise
+        finally:
+            if partial is not None and download.path is None:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(self._store.discard, partial)
+            self._active.pop(source.sha256, None)
+            self._metrics.file_fetch_seconds.observe(time.monotonic() - started)
+            download.finished.set()
+            download.started.set()
+            download._maybe_close()
+            with contextlib.suppress(RuntimeError):
+                await download.notify()
