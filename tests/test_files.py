@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import os
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -334,7 +334,7 @@ def test_a_file_being_read_is_never_evicted(tmp_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _tiny_disk(path: Path, size: str) -> AsyncIterator[None] | object:
+def _tiny_disk(path: Path, size: str) -> Iterator[None]:
     path.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
