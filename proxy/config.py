@@ -17,6 +17,23 @@ from packaging.utils import InvalidName, NormalizedName, canonicalize_name
 from yarl import URL
 
 PROJECT_PREFIX = "project:"
+_KNOWN_OPTIONS = {
+    "proxy": frozenset(
+        {
+            "host",
+            "port",
+            "upstream",
+            "cache_dir",
+            "page_ttl",
+            "root_ttl",
+            "negative_ttl",
+            "upstream_timeout",
+            "unsupported",
+            "cache_max_size",
+        }
+    ),
+    "wheelhouse": frozenset({"path"}),
+}
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -65,7 +82,8 @@ def load_config(path: Path) -> Config:
         inline_comment_prefixes=(";", "#"), interpolation=None, default_section="__none__"
     )
     try:
-        with open(path, encoding="utf-8") as fh:
+        # utf-8-sig: a config saved by Notepad starts with a byte-order mark.
+        with open(path, encoding="utf-8-sig") as fh:
             parser.read_file(fh)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
@@ -95,6 +113,12 @@ def _build(path: Path, parser: configparser.ConfigParser) -> Config:
         elif section not in known:
             raise ConfigError(f"{path}: unknown section [{section}]")
 
+    for section, allowed in _KNOWN_OPTIONS.items():
+        if parser.has_section(section):
+            unknown = sorted(set(parser.options(section)) - allowed)
+            if unknown:
+                # A typo such as "page_tll" must not pass silently.
+                raise ConfigError(f"{path}: [{section}] unknown option {unknown[0]}")
     unsupported = reader.get("proxy", "unsupported", "proxy")
     if unsupported not in ("proxy", "redirect"):
         raise ConfigError(f"{path}: [proxy] unsupported must be proxy or redirect")
@@ -160,7 +184,7 @@ class _Reader:
 
     def port(self, section: str, option: str, default: int) -> int:
         raw = self.get(section, option, str(default))
-        if not raw.isdigit() or not 0 <= int(raw) <= 65535:
+        if not (raw.isascii() and raw.isdigit()) or not 0 <= int(raw) <= 65535:
             raise self._fail(section, option, f"{raw!r} is not a TCP port (0-65535)")
         return int(raw)
 

@@ -56,8 +56,9 @@ def parse_project(body: bytes, content_type: str, page_url: str, name: str) -> P
 
 def parse_project_json(body: bytes, page_url: str) -> ProjectPage:
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        doc = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: a hostile body nested thousands deep.
         raise PageFormatError(f"invalid JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
         raise PageFormatError("JSON page has no files list")
@@ -83,6 +84,11 @@ def parse_project_json(body: bytes, page_url: str) -> ProjectPage:
     )
 
 
+def _reject_constant(name: str) -> None:
+    # NaN and Infinity are not JSON; strict clients (uv) could not read them back.
+    raise ValueError(f"{name} is not JSON")
+
+
 def _json_file(entry: object, page_url: str) -> DistFile | None:
     if not isinstance(entry, dict):
         raise PageFormatError("JSON file entry is not an object")
@@ -102,8 +108,9 @@ def _json_file(entry: object, page_url: str) -> DistFile | None:
         (entry[k] for k in _METADATA_KEYS if k in entry),
         False,
     )
+    # An object without usable hashes still says the metadata file exists.
     core_metadata: bool | Mapping[str, str] = (
-        _hashes(metadata) if isinstance(metadata, dict) else bool(metadata)
+        (_hashes(metadata) or True) if isinstance(metadata, dict) else bool(metadata)
     )
     size = entry.get("size")
     upload_time = entry.get("upload-time")

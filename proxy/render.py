@@ -67,7 +67,10 @@ def _json_file(f: DistFile, url: str) -> dict[str, Any]:
 
 def render_project_json(page: ProjectPage, url_for: UrlFor) -> bytes:
     doc = project_json_dict(page, url_for)
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    # A lone surrogate (upstream's "\ud800") cannot be UTF-8; backslashreplace
+    # writes it back as the very JSON escape it came in as.
+    return text.encode("utf-8", "backslashreplace")
 
 
 def _preferred_hash(hashes: Mapping[str, str]) -> tuple[str, str] | None:
@@ -116,4 +119,4 @@ def render_project_html(page: ProjectPage, url_for: UrlFor) -> bytes:
         "</html>",
         "",
     ]
-    return "\n".join(lines).encode()
+    return "\n".join(lines).encode("utf-8", "backslashreplace")

@@ -225,12 +225,6 @@ def test_config_error_names_section_and_option(tmp_path: Path) -> None:
     assert "[proxy] page_ttl" in str(error)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="_Reader.port checks str.isdigit(), which is true for '²' and other "
-    "non-decimal digits, then int() raises ValueError: a traceback instead of ConfigError",
-)
 def test_superscript_digit_port_is_a_config_error(tmp_path: Path) -> None:
     assert_one_line_error(write(tmp_path, "[proxy]\nport = ²\n"), "port")
 
@@ -279,4 +273,30 @@ def test_builder_cli_lists_the_bundled_projects() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == (
         "pythonbuild-builder: 3 supported project(s): grpcio, grpcio-tools, lxml\n"
+    )
+
+
+def test_misspelled_option_is_a_config_error(tmp_path: Path) -> None:
+    assert_one_line_error(write(tmp_path, "[proxy]\npage_tll = 5\n"), "unknown option page_tll")
+
+
+def test_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "bom.ini"
+    path.write_bytes(b"\xef\xbb\xbf[proxy]\nport = 9000\n")
+    assert load_config(path).proxy.port == 9000
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [("50G", 50 << 30), ("512M", 512 << 20), ("1.5T", int(1.5 * (1 << 40))), ("4096", 4096)],
+)
+def test_cache_max_size_units(tmp_path: Path, written: str, expected: int) -> None:
+    config = load_text(tmp_path, f"[proxy]\ncache_max_size = {written}\n")
+    assert config.proxy.cache_max_size == expected
+
+
+@pytest.mark.parametrize("written", ["lots", "0", "-5G", "G", "1e400"])
+def test_bad_cache_max_size_is_a_config_error(tmp_path: Path, written: str) -> None:
+    assert_one_line_error(
+        write(tmp_path, f"[proxy]\ncache_max_size = {written}\n"), "cache_max_size"
     )

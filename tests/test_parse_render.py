@@ -748,26 +748,14 @@ def test_page_format_error_is_a_value_error() -> None:
     assert issubclass(PageFormatError, ValueError)
 
 
-# -- known bugs (xfail strict: they start passing once proxy/ is fixed) ------------------
+# -- hostile inputs found by review ----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="parse_project_json lets json.loads' RecursionError escape instead of "
-    "PageFormatError, so pagecache neither rejects the page nor serves a stale copy",
-)
 def test_deeply_nested_json_raises_page_format_error() -> None:
     with pytest.raises(PageFormatError):
         parse_json(b'{"name": "x", "files": [], "_x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason="json.loads accepts lone surrogate escapes (\\ud800); render_project_json/html "
-    "then fail in .encode() with UnicodeEncodeError (not PageFormatError)",
-)
 @pytest.mark.parametrize("render", [render_project_json, render_project_html])
 def test_lone_surrogate_in_json_is_rejected_or_rendered(
     render: Callable[[ProjectPage, UrlFor], bytes],
@@ -784,12 +772,6 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="json.loads accepts NaN/Infinity (not JSON) in unknown keys and "
-    "render_project_json re-emits them; strict clients such as uv (serde_json) then "
-    "cannot read the proxy's page",
-)
 def test_non_standard_json_constants_are_rejected_or_not_reemitted() -> None:
     try:
         page = parse_json(b'{"name": "x", "files": [], "_x": NaN, "meta": {"_y": Infinity}}')
@@ -798,11 +780,6 @@ def test_non_standard_json_constants_are_rejected_or_not_reemitted() -> None:
     json.loads(render_project_json(page, upstream_url_for), parse_constant=_reject_constant)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PEP 691/714: a core-metadata object means metadata exists, even with no "
-    "(usable) hashes; pip reads {} that way, but parse keeps {} and render drops it",
-)
 def test_core_metadata_empty_object_still_means_metadata_is_available() -> None:
     entry = {"filename": "x-1.0.tar.gz", "url": "u", "hashes": {}, "core-metadata": {}}
     page = parse_json(json_page(entry))
