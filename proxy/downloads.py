@@ -64,8 +64,13 @@ class Download:
         async with self._progress:
             await self._progress.wait_for(lambda: self.written > offset or self.finished.is_set())
 
-    def attach(self) -> None:
+    def attach(self) -> bool:
+        """Become a reader of the partial file; False once it is closed (the download
+        ended with no reader left), in which case the committed file is on disk."""
+        if self._closed or self.partial is None:
+            return False
         self._readers += 1
+        return True
 
     def detach(self) -> None:
         self._readers -= 1

@@ -146,12 +146,17 @@ async def _follow(request: web.Request, download: Download) -> web.StreamRespons
     connection is aborted.
     """
     await download.started.wait()
-    if download.partial is None:
+    # No await between this check and attach(): the partial's fd cannot close in between.
+    if not download.attach():
+        await download.finished.wait()
         _raise_if_failed(download)
+        hit = await _from_disk(request, download.source.sha256, count=False)
+        if hit is None:
+            raise web.HTTPBadGateway(text="file evicted while fetched\n")
+        return hit
     response = web.StreamResponse(headers=FILE_HEADERS)
     if download.content_length is not None:
         response.content_length = download.content_length
-    download.attach()
     try:
         await response.prepare(request)
         if request.method == "HEAD":

@@ -1,0 +1,456 @@
+"""Benchmark: warm project pages and the root index, served by the real proxy process.
+
+Run from the repository root:
+
+    .venv/bin/python -m bench.pages            # full run
+    .venv/bin/python -m bench.pages --quick    # 300 requests per load run
+
+Three processes take part, all on 127.0.0.1: the fixture upstream (tests.upstream)
+in a child process of its own, so the CPU it spends generating pages never
+competes with the load generator's event loop; `pythonbuild-proxy` started
+from its console script exactly as an operator would; and this process, which
+generates the load with aiohttp and prints one figure per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+REPO = Path(__file__).resolve().parent.parent
+PROJECT = "benchpkg"
+VERSIONS = 200
+# Five wheels per release, as a typical compiled project publishes.
+TAGS = (
+    "cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64",
+    "cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64",
+    "cp311-cp311-macosx_11_0_arm64",
+    "cp311-cp311-win_amd64",
+    "py3-none-any",
+)
+ROOT_NAMES = 780_000  # about pypi.org's project count
+HTML = "text/html"
+JSON = "application/vnd.pypi.simple.v1+json"
+CONCURRENCY = (1, 16, 64)
+FULL_REQUESTS = 2_000
+QUICK_REQUESTS = 300
+MAX_SECONDS = 10.0
+COUNTER_PATH = "/_bench/requests"
+MB = 1024 * 1024
+# Keep client and proxy off any HTTP(S)_PROXY the machine has: loopback only.
+NO_PROXY_ENV = {
+    **{k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")},
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
+}
+
+
+# -- the fixture upstream, in its own process --------------------------------------
+
+
+async def serve_upstream(root_names: int, versions: int) -> None:
+    """Serve the fixture upstream until SIGTERM, SIGINT or EOF on stdin."""
+    # Imported here: only the child process needs the fixture and wheel builder.
+    from tests.dists import make_wheel
+    from tests.upstream import FixtureUpstream
+
+    fixture = FixtureUpstream()
+    fixture.knobs.root_names = root_names
+    fixture.add(
+        PROJECT,
+        *(
+            make_wheel(PROJECT, f"1.{v}.0", tag, requires_python=">=3.9")
+            for v in range(versions)
+            for tag in TAGS
+        ),
+    )
+
+    async def count(request: web.Request) -> web.Response:
+        # Not itself counted: the fixture only counts in its own handlers.
+        return web.json_response({"total": sum(fixture.requests.values())})
+
+    fixture.app.router.add_get(COUNTER_PATH, count)
+    runner = web.AppRunner(fixture.app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        fixture.url = f"http://{host}:{port}/simple/"
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        # stdin is a pipe from the benchmark: EOF means it died without cleaning up,
+        # and an orphaned server must not linger. Read on the loop, not in a thread:
+        # a thread blocked in stdin.read() aborts interpreter shutdown.
+        await loop.connect_read_pipe(lambda: _EofWatch(stop), sys.stdin)
+        print(f"upstream listening on {fixture.url}", flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+class _EofWatch(asyncio.Protocol):
+    def __init__(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop.set()
+
+
+# -- child processes ----------------------------------------------------------------
+
+
+async def _first_line(proc: asyncio.subprocess.Process, what: str, marker: bytes) -> str:
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 120)
+    if marker not in line:
+        raise RuntimeError(f"{what} did not start (exit {proc.returncode}): {line!r}")
+    return line.decode().split()[-1]
+
+
+async def start_upstream(root_names: int) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.pages",
+        "--serve-upstream",
+        "--root-names",
+        str(root_names),
+        cwd=REPO,
+        env=NO_PROXY_ENV,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        return proc, await _first_line(proc, "fixture upstream", b"listening on")
+    except BaseException:
+        await stop_process(proc)
+        raise
+
+
+async def start_proxy(config: Path, log: Path) -> tuple[asyncio.subprocess.Process, str]:
+    # The same console script an operator runs, next to this interpreter in the venv.
+    binary = Path(sys.executable).parent / "pythonbuild-proxy"
+    with log.open("wb") as log_file:  # the child keeps its own copy of the descriptor
+        proc = await asyncio.create_subprocess_exec(
+            str(binary),
+            "--config",
+            str(config),
+            env=NO_PROXY_ENV,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log_file,
+        )
+    try:
+        return proc, await _first_line(proc, "pythonbuild-proxy", b"listening on")
+    except BaseException:
+        await stop_process(proc)
+        print(log_tail(log), file=sys.stderr)
+        raise
+
+
+async def stop_process(proc: asyncio.subprocess.Process) -> int:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+    try:
+        return await asyncio.wait_for(proc.wait(), 30)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        return await proc.wait()
+
+
+def log_tail(path: Path) -> str:
+    # Small and read only on failure: no need to leave the event loop for it.
+    return path.read_text(errors="replace")[-4000:]
+
+
+def proc_status(pid: int) -> dict[str, float]:
+    """VmRSS, VmHWM and friends from /proc/<pid>/status, in MB."""
+    figures: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        parts = value.split()
+        if key.startswith("Vm") and len(parts) == 2 and parts[1] == "kB":
+            figures[key] = int(parts[0]) / 1024
+    return figures
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used, from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Fields after the command name, which is in parentheses and may hold spaces.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), so the peak read later belongs
+    to the root fetches alone and not to the page load runs before them."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+# -- load generation ------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    latencies: list[float] = field(default_factory=list)  # seconds, completed requests
+    statuses: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    body_bytes: int = 0
+    elapsed: float = 0.0
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile: a latency some request actually had."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+async def load(
+    url: str, accept: str, concurrency: int, max_requests: int, max_seconds: float
+) -> RunResult:
+    """`concurrency` workers over keep-alive connections, until either bound is hit."""
+    result = RunResult()
+    issued = 0
+    headers = {"Accept": accept}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        deadline = time.perf_counter() + max_seconds
+
+        async def worker() -> None:
+            nonlocal issued
+            while issued < max_requests and time.perf_counter() < deadline:
+                issued += 1
+                started = time.perf_counter()
+                try:
+                    async with session.get(url, headers=headers) as resp:
+                        body = await resp.read()
+                        result.statuses[resp.status] += 1
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    result.errors[type(exc).__name__] += 1
+                    continue
+                result.latencies.append(time.perf_counter() - started)
+                result.body_bytes += len(body)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.elapsed = time.perf_counter() - started
+    return result
+
+
+async def upstream_count(session: aiohttp.ClientSession, upstream: str) -> int:
+    async with session.get(upstream.replace("/simple/", COUNTER_PATH)) as resp:
+        resp.raise_for_status()
+        data = await resp.json()
+    total = data["total"]
+    assert isinstance(total, int)
+    return total
+
+
+async def timed_get(
+    session: aiohttp.ClientSession, url: str, accept: str
+) -> tuple[int, bytes, float]:
+    started = time.perf_counter()
+    async with session.get(url, headers={"Accept": accept}) as resp:
+        body = await resp.read()
+    return resp.status, body, time.perf_counter() - started
+
+
+async def timed_stream(
+    session: aiohttp.ClientSession, url: str, accept: str
+) -> tuple[int, int, int, float]:
+    """GET a large body without holding it: status, bytes, anchors, seconds."""
+    size = anchors = 0
+    tail = b""
+    started = time.perf_counter()
+    async with session.get(url, headers={"Accept": accept}) as resp:
+        async for chunk in resp.content.iter_chunked(1 << 20):
+            size += len(chunk)
+            # 3 bytes of carry: an anchor split by the chunk boundary is counted once.
+            anchors += (tail + chunk).count(b"</a>")
+            tail = chunk[-3:]
+    return resp.status, size, anchors, time.perf_counter() - started
+
+
+# -- the benchmark -----------------------------------------------------------------------
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def report_run(label: str, result: RunResult, proxy_cpu: float, own_cpu: float) -> None:
+    latencies = sorted(result.latencies)
+    done = len(latencies)
+    non_200 = sum(n for status, n in result.statuses.items() if status != 200)
+    say(f"{label}: requests completed: {done} in {result.elapsed:.2f} s")
+    say(f"{label}: non-200 responses: {non_200}")
+    if non_200:
+        say(f"{label}: statuses: {dict(sorted(result.statuses.items()))}")
+    say(f"{label}: client errors: {sum(result.errors.values())}")
+    if result.errors:
+        say(f"{label}: errors: {dict(result.errors)}")
+    rate = done / result.elapsed if result.elapsed else math.nan
+    say(f"{label}: throughput: {rate:.1f} requests/s")
+    say(f"{label}: throughput: {result.body_bytes / MB / result.elapsed:.1f} MB/s of body")
+    say(f"{label}: p50 latency: {percentile(latencies, 50) * 1000:.2f} ms")
+    say(f"{label}: p99 latency: {percentile(latencies, 99) * 1000:.2f} ms")
+    # With few cores the load generator competes with the proxy; these two say
+    # which side of the socket the run was bound by.
+    say(f"{label}: proxy CPU: {proxy_cpu / result.elapsed * 100:.0f}% of one core")
+    say(f"{label}: load generator CPU: {own_cpu / result.elapsed * 100:.0f}% of one core")
+
+
+async def bench_pages(proxy: str, upstream: str, pid: int, max_requests: int) -> None:
+    page = f"{proxy}{PROJECT}/"
+    async with aiohttp.ClientSession() as session:
+        before = await upstream_count(session, upstream)
+        # Cold: JSON first, as pip asks; it pays the upstream fetch, parse and store.
+        status_json, body_json, cold_json = await timed_get(session, page, JSON)
+        status_html, body_html, cold_html = await timed_get(session, page, HTML)
+        warmed = await upstream_count(session, upstream)
+    for fmt, status in (("JSON", status_json), ("HTML", status_html)):
+        if status != 200:
+            raise RuntimeError(f"warm-up {fmt} page answered {status}")
+    files_json = len(json.loads(body_json)["files"])
+    files_html = body_html.count(b"</a>")
+    say(f"project page: {VERSIONS} versions x {len(TAGS)} wheels = {VERSIONS * len(TAGS)} files")
+    say(f"cold JSON page (upstream fetch + parse + store + render): {cold_json * 1000:.1f} ms")
+    say(f"first HTML page (render from the held page): {cold_html * 1000:.1f} ms")
+    say(f"JSON page body: {len(body_json) / 1024:.1f} KB, {files_json} files")
+    say(f"HTML page body: {len(body_html) / 1024:.1f} KB, {files_html} files")
+    say(f"upstream requests during warm-up: {warmed - before}")
+
+    for fmt, accept in (("HTML", HTML), ("JSON", JSON)):
+        for concurrency in CONCURRENCY:
+            proxy_cpu, own_cpu = cpu_seconds(pid), time.process_time()
+            result = await load(page, accept, concurrency, max_requests, MAX_SECONDS)
+            proxy_cpu, own_cpu = cpu_seconds(pid) - proxy_cpu, time.process_time() - own_cpu
+            report_run(f"{fmt} c={concurrency}", result, proxy_cpu, own_cpu)
+
+    async with aiohttp.ClientSession() as session:
+        after = await upstream_count(session, upstream)
+    say(f"upstream requests during warm runs: {after - warmed}")
+
+
+async def bench_root(proxy: str, upstream: str, pid: int, upstream_pid: int) -> None:
+    before = proc_status(pid)
+    reset = reset_peak_rss(pid)
+    # The cold fetch streams tens of MB through the proxy: bound reads, not the total.
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        count_before = await upstream_count(session, upstream)
+        proxy_cpu, upstream_cpu = cpu_seconds(pid), cpu_seconds(upstream_pid)
+        cold = await timed_stream(session, proxy, HTML)
+        proxy_cpu, upstream_cpu = (
+            cpu_seconds(pid) - proxy_cpu,
+            cpu_seconds(upstream_pid) - upstream_cpu,
+        )
+        count_cold = await upstream_count(session, upstream)
+        warm = await timed_stream(session, proxy, HTML)
+        count_warm = await upstream_count(session, upstream)
+    after = proc_status(pid)
+
+    say(f"root: proxy RSS before: {before['VmRSS']:.1f} MB")
+    if reset:
+        say("root: proxy peak RSS reset before the root fetches (/proc/<pid>/clear_refs)")
+    else:
+        say(f"root: peak RSS not reset, includes the page runs: {before['VmHWM']:.1f} MB")
+    for label, (status, size, anchors, seconds) in (("cold", cold), ("warm", warm)):
+        source = "upstream fetch + parse + render" if label == "cold" else "from disk"
+        say(f"root: {label} GET /simple/ ({source}): {seconds:.2f} s")
+        if status != 200:
+            say(f"root: {label} GET /simple/ answered status {status} (not 200)")
+        say(f"root: {label} body served (text/html): {size / MB:.1f} MB, {anchors} names")
+    say(f"root: proxy CPU for the cold GET: {proxy_cpu:.2f} s")
+    say(f"root: fixture upstream CPU for the cold GET (generating the root): {upstream_cpu:.2f} s")
+    say(f"root: upstream requests for the cold GET: {count_cold - count_before}")
+    say(f"root: upstream requests for the warm GET: {count_warm - count_cold}")
+    say(f"root: proxy peak RSS (VmHWM): {after['VmHWM']:.1f} MB")
+    say(f"root: proxy RSS after: {after['VmRSS']:.1f} MB")
+    say(f"root index added {after['VmHWM'] - before['VmRSS']:.1f} MB to peak RSS")
+
+
+async def bench(args: argparse.Namespace) -> int:
+    from tests.conftest import write_config  # imports pytest: only the parent needs it
+
+    # SIGTERM cancels the run like Ctrl-C does, so the finally blocks below still
+    # stop the proxy and the upstream instead of orphaning them.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    max_requests = QUICK_REQUESTS if args.quick else FULL_REQUESTS
+    say(f"machine: {os.cpu_count()} CPU cores, Python {platform.python_version()}")
+    say(f"aiohttp: {aiohttp.__version__}")
+    say(f"load runs: up to {max_requests} requests or {MAX_SECONDS:.0f} s each")
+    # Other work on the machine skews every figure here; say how busy it was.
+    say(f"machine load average at start (1 min): {os.getloadavg()[0]:.2f}")
+    with tempfile.TemporaryDirectory(prefix="bench-pages-") as tmp:
+        upstream_proc, upstream = await start_upstream(args.root_names)
+        try:
+            config = write_config(Path(tmp), upstream, page_ttl=3600)
+            proxy_proc, proxy = await start_proxy(config, Path(tmp) / "proxy.log")
+            try:
+                say(f"upstream: {upstream} (pid {upstream_proc.pid}, own process)")
+                say(f"proxy: {proxy} (pid {proxy_proc.pid})")
+                await bench_pages(proxy, upstream, proxy_proc.pid, max_requests)
+                await bench_root(proxy, upstream, proxy_proc.pid, upstream_proc.pid)
+            finally:
+                code = await stop_process(proxy_proc)
+                if code != 0:
+                    say(f"proxy exited with status {code} (not 0); its log ends:")
+                    say(log_tail(Path(tmp) / "proxy.log"))
+        finally:
+            await stop_process(upstream_proc)
+    say(f"machine load average at end (1 min): {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.pages", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="300 requests per load run")
+    parser.add_argument(
+        "--root-names", type=int, default=ROOT_NAMES, help="generated names in upstream's root"
+    )
+    # Internal: the entry point of the fixture upstream's own process.
+    parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_upstream:
+        asyncio.run(serve_upstream(args.root_names, VERSIONS))
+        return 0
+    try:
+        return asyncio.run(bench(args))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted; proxy and upstream stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
