@@ -19,11 +19,11 @@ import codecs
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import IO, Protocol
@@ -42,6 +42,8 @@ HTML_NAME = "root.html"
 JSON_NAME = "root.json"
 META_NAME = "meta.json"
 POINTER = "current"
+# One project entry of the usual shape, followed by its comma.
+_SIMPLE_ITEM = re.compile(r'\s*\{\s*"name"\s*:\s*"([^"\\]*)"\s*\}\s*,')
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,8 +245,9 @@ class _RootWriter:
                 normalized = canonicalize_name(name, validate=True)
             except InvalidName:
                 continue  # a name no client could ask for
-            html_lines.append(f'<a href="{normalized}/">{escape(name)}</a><br/>\n')
-            json_items.append(json.dumps({"name": name}, ensure_ascii=False))
+            # A valid name is only [A-Za-z0-9._-]: nothing to escape in HTML or JSON.
+            html_lines.append(f'<a href="{normalized}/">{name}</a><br/>\n')
+            json_items.append(f'{{"name":"{name}"}}')
         if json_items:
             self._json.write(("," if self._count else "") + ",".join(json_items))
             self._html.write("".join(html_lines))
@@ -354,6 +357,15 @@ class _JsonNames:
             raise PageFormatError("root JSON is truncated or malformed")
         return names
 
+    def _fast_items(self, names: list[str]) -> None:
+        """Take the common `{"name": "..."},` entries with one regex match each; any
+        other shape (escapes, more keys, the last entry, a cut) goes to the decoder."""
+        buf, pos, match = self._buf, self._pos, _SIMPLE_ITEM.match
+        while m := match(buf, pos):
+            names.append(m.group(1))
+            pos = m.end()
+        self._pos = pos
+
     def _skip_ws(self) -> bool:
         buf, pos = self._buf, self._pos
         while pos < len(buf) and buf[pos] in self._ws:
@@ -440,6 +452,10 @@ class _JsonNames:
                 raise PageFormatError(f"root JSON: unexpected {char!r} at {self._pos - 1}")
             return True
         if state == "items":
+            self._fast_items(names)
+            if not self._skip_ws():
+                return False
+            char = self._buf[self._pos]
             if char == "]":
                 self._pos += 1
                 self._state = "after_value"
