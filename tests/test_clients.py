@@ -57,19 +57,23 @@ async def test_uv_pip_install_through_the_proxy(
 ) -> None:
     client = await make_proxy()
     index = str(client.make_url("/simple/"))
-    env = client_env(tmp_path / "home")
-    venv = tmp_path / "venv"
-    code, out = await run(str(BIN / "uv"), "venv", "--python", sys.executable, str(venv), env=env)
-    assert code == 0, out
-    code, out = await run(
-        str(BIN / "uv"), "pip", "install", "--python", str(venv / "bin" / "python"),
-        "--index-url", index, "demo-pkg==1.0",
-        env=env,
-    )  # fmt: skip
-    assert code == 0, out
-    code, out = await run(
-        str(venv / "bin" / "python"), "-c", "import demo_pkg; print(demo_pkg.VERSION)", env=env
-    )
-    assert (code, out.strip()) == (0, "1.0")
-    assert demo.requests["/files/demo-pkg/demo_pkg-1.0-py3-none-any.whl"] == 1
-    assert demo.requests["/simple/demo-pkg/"] == 1
+    for attempt in ("cold", "warm"):
+        env = client_env(tmp_path / attempt / "home")  # its own, empty uv cache
+        venv = tmp_path / attempt / "venv"
+        code, out = await run(
+            str(BIN / "uv"), "venv", "--python", sys.executable, str(venv), env=env
+        )
+        assert code == 0, out
+        code, out = await run(
+            str(BIN / "uv"), "pip", "install", "--python", str(venv / "bin" / "python"),
+            "--index-url", index, "demo-pkg==1.0",
+            env=env,
+        )  # fmt: skip
+        assert code == 0, out
+        code, out = await run(
+            str(venv / "bin" / "python"), "-c", "import demo_pkg; print(demo_pkg.VERSION)",
+            env=env,
+        )  # fmt: skip
+        assert (code, out.strip()) == (0, "1.0")
+        assert demo.requests["/files/demo-pkg/demo_pkg-1.0-py3-none-any.whl"] == 1
+        assert demo.requests["/simple/demo-pkg/"] == 1
