@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import signal
@@ -12,6 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .app import create_app
+from .cli import ArgumentParser
 from .config import Config, ConfigError, load_config
 
 log = logging.getLogger("pythonbuild.proxy")
@@ -37,7 +37,7 @@ async def serve(config: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="pythonbuild-proxy", description="Serve the Simple Repository API."
     )
     parser.add_argument("--config", required=True, type=Path, help="path to config.ini")

@@ -9,13 +9,15 @@ from aiohttp import web
 
 from . import fileviews, views
 from .config import Config
+from .demand import DemandQueue
 from .downloads import Downloader
 from .filestore import FileStore
-from .keys import CONFIG, DOWNLOADS, METRICS, PAGES, ROOT, STORE, UPSTREAM
+from .keys import CONFIG, DEMAND, DOWNLOADS, METRICS, PAGES, ROOT, STORE, UPSTREAM, WHEELHOUSE
 from .metrics import Metrics
 from .pagecache import PageCache
 from .rootindex import RootIndex
 from .upstream import Upstream, UpstreamError
+from .wheelhouse import Wheelhouse, demand_path
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -72,9 +74,14 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     downloads = Downloader(store, upstream, metrics)
     app[DOWNLOADS] = downloads
+    app[WHEELHOUSE] = Wheelhouse(config.wheelhouse.path)
+    config.wheelhouse.path.mkdir(parents=True, exist_ok=True)
+    demand = await asyncio.to_thread(DemandQueue, demand_path(config))
+    app[DEMAND] = demand
     try:
         yield
     finally:
+        await asyncio.to_thread(demand.close)
         await downloads.close()
         await root.close()
         await pages.close()

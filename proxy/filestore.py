@@ -144,7 +144,7 @@ class FileStore:
                 raise OSError(f"{path} is not a regular file")
             signature = (st.st_ino, st.st_size, st.st_mtime_ns)
             if entry.signature != signature:
-                if _sha256_of(path) != sha256:
+                if sha256_of(path) != sha256:
                     raise OSError(f"{path} does not match its sha256")
                 entry.signature = signature
         except OSError as exc:
@@ -241,7 +241,8 @@ class FileStore:
         return sha256 in self._index
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """The file's sha256, never through a symlink."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         hasher = hashlib.sha256()

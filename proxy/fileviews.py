@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import sqlite3
 from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from packaging.utils import InvalidSdistFilename, parse_sdist_filename
+from packaging.version import InvalidVersion
 from yarl import URL
 
+from .demand import client_platform
 from .downloads import CHUNK, Download, Source
 from .filestore import CachedFile, is_sha256
-from .keys import DOWNLOADS, METRICS, PAGES, STORE, UPSTREAM
+from .keys import CONFIG, DEMAND, DOWNLOADS, METRICS, PAGES, STORE, UPSTREAM, WHEELHOUSE
 from .model import DistFile, is_safe_filename
 from .names import project_name
-from .upstream import UpstreamTimeout
+from .upstream import UpstreamError, UpstreamTimeout
+
+log = logging.getLogger(__name__)
 
 METADATA_SUFFIX = ".metadata"
 FILE_HEADERS = {
@@ -37,7 +44,10 @@ class _PinnedFileResponse(web.FileResponse):
     files), and that honours an If-Range holding an entity-tag."""
 
     def __init__(
-        self, held: CachedFile, release: Callable[[], None], count: Callable[[int], None]
+        self,
+        held: CachedFile,
+        release: Callable[[], None] = lambda: None,
+        count: Callable[[int], None] = lambda _n: None,
     ) -> None:
         super().__init__(held.path, headers=FILE_HEADERS)
         # The ETag FileResponse derives from the file's stat, as it computes it.
@@ -85,12 +95,26 @@ async def project_file(request: web.Request) -> web.StreamResponse:
     filename = request.match_info["filename"]
     if not is_safe_filename(filename):
         raise web.HTTPNotFound(text="no such file\n")
-    page = (await request.app[PAGES].get(name)).entry.page
+    supported = request.app[CONFIG].is_supported(name)
+    try:
+        page = (await request.app[PAGES].get(name)).entry.page
+    except UpstreamError:
+        if not supported:
+            raise
+        page = None  # upstream down: the wheelhouse still answers for its own files
     wanted = filename.removesuffix(METADATA_SUFFIX)
     metadata = wanted != filename
     f = page.file(wanted) if page is not None else None
+    if f is None and supported:
+        # Not upstream's (upstream wins a clash): perhaps one of our wheels.
+        local = await asyncio.to_thread(request.app[WHEELHOUSE].servable, name, filename)
+        if local is not None:
+            request.app[METRICS].file_cache.inc(result="local")
+            return _PinnedFileResponse(local)
     if f is None or (metadata and not f.core_metadata):
         raise web.HTTPNotFound(text="no such file\n")
+    if supported and not metadata:
+        await _record_demand(request, name, f.filename)
     if not f.url.startswith(("https://", "http://")):
         raise web.HTTPNotFound(text="no such file\n")
     source, url = _source(request, f, metadata)
@@ -112,6 +136,22 @@ async def project_file(request: web.Request) -> web.StreamResponse:
             raise web.HTTPBadGateway(text="file evicted while fetched\n")
         return hit
     return await _follow(request, download)
+
+
+async def _record_demand(request: web.Request, project: str, filename: str) -> None:
+    """A client fetching the sdist of a supported project lacks a wheel for its platform:
+    note its interpreter and platform (from the User-Agent) for the builder."""
+    try:
+        version = str(parse_sdist_filename(filename)[1])
+    except (InvalidSdistFilename, InvalidVersion):
+        return  # a wheel, or something else: nothing to build
+    client = client_platform(request.headers.get("User-Agent"))
+    if client is None:
+        return  # no or unreadable User-Agent: record nothing, break nothing
+    try:
+        await asyncio.to_thread(request.app[DEMAND].record, project, version, client)
+    except sqlite3.Error as exc:
+        log.warning("could not record a build request for %s %s: %s", project, version, exc)
 
 
 async def _from_disk(

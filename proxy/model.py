@@ -19,6 +19,8 @@ from packaging.version import InvalidVersion
 
 # PEP 700 (versions, size, upload-time) is API 1.1; we always emit at least that.
 API_VERSION = "1.1"
+# The private JSON key (PEP 700 allows "_"-prefixed keys) marking our own wheels.
+ORIGIN_KEY = "_pythonbuild"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -37,6 +39,14 @@ class DistFile:
     upload_time: str | None = None  # PEP 700, ISO 8601 as upstream wrote it
     # JSON keys this model does not know (newer PEPs, private "_" keys): kept verbatim.
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def origin(self) -> str | None:
+        """Where a wheel we added came from ("built", "published"); None for upstream's."""
+        marker = self.extra.get(ORIGIN_KEY)
+        if isinstance(marker, Mapping) and isinstance(marker.get("origin"), str):
+            return str(marker["origin"])
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,6 +9,10 @@ JSON_V1 = "application/vnd.pypi.simple.v1+json"
 HTML_V1 = "application/vnd.pypi.simple.v1+html"
 HTML_LEGACY = "text/html"
 
+# What we ask an upstream index for: JSON first (PEP 691); any HTML an older
+# mirror answers is parsed too.
+PAGE_ACCEPT = f"{JSON_V1}, {HTML_V1};q=0.2, {HTML_LEGACY};q=0.1"
+
 
 class Format(enum.Enum):
     """A served format; its value is the Content-Type we answer with."""

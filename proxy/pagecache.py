@@ -45,7 +45,8 @@ class CachedPage:
     validators: Validators = field(default_factory=Validators)
     serial: int | None = None
     size: int = 0  # bytes of the stored form, for the memory budget
-    # Rendered client responses, memoized per format: a warm page is never re-rendered.
+    # Rendered client responses, memoized by the views (per format and wheelhouse
+    # manifest): a warm page is never re-rendered.
     rendered: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def age(self, now: float) -> float:

@@ -99,6 +99,8 @@ def _html_anchor(f: DistFile, url: str) -> str:
         # PEP 714: emit the new attribute and the one older clients read.
         attrs.append(_attr("data-core-metadata", value))
         attrs.append(_attr("data-dist-info-metadata", value))
+    if f.origin is not None:
+        attrs.append(_attr("data-pythonbuild-origin", f.origin))
     return f"<a{''.join(attrs)}>{escape(f.filename)}</a><br/>"
 
 

@@ -32,9 +32,10 @@ from packaging.utils import InvalidName, canonicalize_name
 
 from .metrics import Metrics
 from .model import API_VERSION
+from .negotiate import PAGE_ACCEPT
 from .parse import HTML_TYPES, JSON_TYPES, PageFormatError
 from .singleflight import SingleFlight
-from .upstream import PAGE_ACCEPT, Upstream, UpstreamError, Validators
+from .upstream import Upstream, UpstreamError, Validators
 
 log = logging.getLogger(__name__)
 

@@ -14,16 +14,12 @@ from dataclasses import dataclass, field
 import aiohttp
 from yarl import URL
 
+from . import USER_AGENT
 from .metrics import Metrics
+from .negotiate import PAGE_ACCEPT
 
-# JSON first (PEP 691); any HTML an older mirror answers is parsed too.
-PAGE_ACCEPT = (
-    "application/vnd.pypi.simple.v1+json, "
-    "application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
-)
 MAX_PAGE_BYTES = 256 * 1024 * 1024  # the largest real project pages are tens of MB
 MAX_REDIRECTS = 5
-USER_AGENT = "pythonbuild-proxy/0.1"
 
 
 class UpstreamError(Exception):

@@ -8,14 +8,16 @@ import time
 from urllib.parse import quote
 
 from aiohttp import web
-from packaging.utils import canonicalize_name
+from packaging.utils import NormalizedName, canonicalize_name
 
-from .keys import CONFIG, METRICS, PAGES, ROOT, UPSTREAM
+from .keys import CONFIG, METRICS, PAGES, ROOT, UPSTREAM, WHEELHOUSE
+from .merge import merge
 from .model import DistFile, ProjectPage
 from .names import project_name
 from .negotiate import Format, negotiate
-from .pagecache import CachedPage
+from .pagecache import PageResult
 from .render import render_project_html, render_project_json
+from .upstream import UpstreamError
 
 
 def _with_query(request: web.Request, path: str) -> str:
@@ -44,23 +46,31 @@ def _file_url(project: str, f: DistFile) -> str:
     return f"../../files/{project}/{quote(f.filename)}"
 
 
-def _render(entry: CachedPage, page: ProjectPage, fmt: Format) -> tuple[bytes, str]:
-    """Render once per cached page and format (called in a worker thread)."""
-    memo = entry.rendered.get(fmt)
-    if memo is None:
-        project = canonicalize_name(page.name)
+Rendered = tuple[bytes, str]  # body, ETag
 
-        def url_for(f: DistFile) -> str:
-            return _file_url(project, f)
 
-        body = (
-            render_project_json(page, url_for)
-            if fmt.is_json
-            else render_project_html(page, url_for)
-        )
-        memo = (body, f'"{hashlib.sha256(body).hexdigest()[:32]}"')
-        entry.rendered[fmt] = memo
-    return memo
+def _render(page: ProjectPage, fmt: Format) -> Rendered:
+    """Render a page for clients (called in a worker thread)."""
+    project = canonicalize_name(page.name)
+
+    def url_for(f: DistFile) -> str:
+        return _file_url(project, f)
+
+    body = render_project_json(page, url_for) if fmt.is_json else render_project_html(page, url_for)
+    return body, f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+
+
+async def _upstream_page(
+    request: web.Request, name: NormalizedName, supported: bool
+) -> tuple[PageResult | None, UpstreamError | None]:
+    try:
+        return await request.app[PAGES].get(name), None
+    except UpstreamError as exc:
+        if not supported:
+            raise
+        # A supported project is served whatever upstream does: pip falls back
+        # to other indexes on a 5xx, and uv fails outright.
+        return None, exc
 
 
 async def project_page(request: web.Request) -> web.StreamResponse:
@@ -69,25 +79,42 @@ async def project_page(request: web.Request) -> web.StreamResponse:
     if raw != name:
         raise web.HTTPMovedPermanently(_with_query(request, f"/simple/{name}/"))
     config = request.app[CONFIG]
-    if config.proxy.unsupported == "redirect" and not config.is_supported(name):
+    supported = config.is_supported(name)
+    if config.proxy.unsupported == "redirect" and not supported:
         # Temporary: pip caches a 301 for good, and the project may become supported.
         raise web.HTTPTemporaryRedirect(str(request.app[UPSTREAM].page_url(name)))
     fmt = _format(request)
-    result = await request.app[PAGES].get(name)
-    page = result.entry.page
-    if page is None:
-        raise web.HTTPNotFound(text=f"no project named {name}\n", headers={"Vary": "Accept"})
-    memo = result.entry.rendered.get(fmt)
-    body, etag = (
-        memo if memo is not None else await asyncio.to_thread(_render, result.entry, page, fmt)
+    result, failure = await _upstream_page(request, name, supported)
+    manifest = (
+        await asyncio.to_thread(request.app[WHEELHOUSE].manifest, name) if supported else None
     )
+    local = manifest.wheels if manifest is not None else {}
+    upstream = result.entry.page if result is not None else None
+    if upstream is None and not local:
+        if failure is not None:
+            raise failure
+        raise web.HTTPNotFound(text=f"no project named {name}\n", headers={"Vary": "Accept"})
+    # The merge happens on the way out, so a page cached before a publish shows the
+    # new wheel at once; the rendering is memoized per format and manifest version.
+    key = (fmt, manifest.signature if manifest is not None else None)
+    memo = result.entry.rendered if result is not None else {}
+    rendered: Rendered | None = memo.get(key)
+    if rendered is None:
+        page = merge(upstream, name, local.values())
+        rendered = await asyncio.to_thread(_render, page, fmt)
+        for old in [k for k in memo if k[1] != key[1]]:
+            del memo[old]  # rendered for a manifest since replaced
+        memo[key] = rendered
+    body, etag = rendered
+    stale = failure is not None or (result is not None and result.stale)
+    expires_at = result.expires_at if result is not None else 0.0
     headers = {
         "Content-Type": fmt.value,
         "Vary": "Accept",
         "ETag": etag,
-        "Cache-Control": _page_cache_control(result.stale, result.expires_at),
+        "Cache-Control": _page_cache_control(stale, expires_at),
     }
-    if result.entry.serial is not None:
+    if result is not None and result.entry.serial is not None:
         headers["X-PyPI-Last-Serial"] = str(result.entry.serial)
     if any(tag.value == etag.strip('"') for tag in request.if_none_match or ()):
         return web.Response(status=304, headers=headers)

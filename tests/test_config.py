@@ -300,3 +300,19 @@ def test_bad_cache_max_size_is_a_config_error(tmp_path: Path, written: str) -> N
     assert_one_line_error(
         write(tmp_path, f"[proxy]\ncache_max_size = {written}\n"), "cache_max_size"
     )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("proxy", "--no-such-flag"),
+        ("proxy",),
+        ("builder", "--config", str(BUNDLED), "no-such-command"),
+        ("builder", "--config", str(BUNDLED), "publish"),
+    ],
+)
+def test_cli_usage_errors_are_one_line_and_exit_2(args: tuple[str, ...]) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
