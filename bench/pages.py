@@ -415,7 +415,11 @@ async def bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-pages-") as tmp:
         upstream_proc, upstream = await start_upstream(args.root_names)
         try:
-            config = write_config(Path(tmp), upstream, page_ttl=3600)
+            supported = (PROJECT,) if args.local_wheels else ()
+            config = write_config(Path(tmp), upstream, page_ttl=3600, projects=supported)
+            if args.local_wheels:
+                publish_local_wheels(Path(tmp), args.local_wheels)
+                say(f"{PROJECT} is supported, with {args.local_wheels} local wheels merged in")
             proxy_proc, proxy = await start_proxy(config, Path(tmp) / "proxy.log")
             try:
                 say(f"upstream: {upstream} (pid {upstream_proc.pid}, own process)")
@@ -433,11 +437,31 @@ async def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def publish_local_wheels(folder: Path, count: int) -> None:
+    """Put `count` wheels of versions upstream lacks into the config's wheelhouse."""
+    from proxy.wheelcheck import check_wheel
+    from proxy.wheelhouse import Wheelhouse
+    from tests.dists import make_wheel
+
+    house = Wheelhouse(folder / "wheelhouse")
+    for i in range(count):
+        dist = make_wheel(PROJECT, f"9.{i}.0", "cp312-cp312-manylinux_2_17_aarch64")
+        path = folder / dist.filename
+        path.write_bytes(dist.content)
+        house.publish(check_wheel(path), path, {"kind": "built"})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pages", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="300 requests per load run")
     parser.add_argument(
         "--root-names", type=int, default=ROOT_NAMES, help="generated names in upstream's root"
+    )
+    parser.add_argument(
+        "--local-wheels",
+        type=int,
+        default=0,
+        help="make the project supported with N published wheels (measures the merge)",
     )
     # Internal: the entry point of the fixture upstream's own process.
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)

@@ -7,16 +7,38 @@ from __future__ import annotations
 
 import configparser
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import InvalidName, NormalizedName, canonicalize_name
 from yarl import URL
 
 PROJECT_PREFIX = "project:"
+# cibuildwheel's platform names (the part of a build identifier after the interpreter).
+PLATFORMS = frozenset(
+    {
+        *(
+            f"{libc}_{arch}"
+            for libc in ("manylinux", "musllinux")
+            for arch in ("x86_64", "aarch64", "i686", "ppc64le", "s390x", "armv7l", "riscv64")
+        ),
+        "macosx_arm64",
+        "macosx_x86_64",
+        "macosx_universal2",
+        "win_amd64",
+        "win_arm64",
+        "win32",
+    }
+)
+_PYTHON = re.compile(r"(cp|pp)3[0-9]{1,2}t?", re.ASCII)
+_BUILD_OPTIONS = frozenset(
+    {"versions", "latest", "pythons", "platforms", "environment", "before_build", "test_command"}
+)
 _KNOWN_OPTIONS = {
     "proxy": frozenset(
         {
@@ -33,6 +55,19 @@ _KNOWN_OPTIONS = {
         }
     ),
     "wheelhouse": frozenset({"path"}),
+    "builder": frozenset(
+        {
+            "work_dir",
+            "build_timeout",
+            "parallel",
+            "container_engine",
+            "proxy_url",
+            "retry_backoff",
+            "poll_interval",
+            *(f"{p}_image" for p in PLATFORMS),
+        }
+    )
+    | _BUILD_OPTIONS,
 }
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -61,8 +96,48 @@ class WheelhouseConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class BuildOptions:
+    """What to build for a project; each project's section overrides [builder]'s."""
+
+    versions: SpecifierSet  # empty: every version
+    latest: int | None  # only the newest N versions (after `versions`)
+    pythons: tuple[str, ...]  # cibuildwheel identifier prefixes: cp312, pp310
+    platforms: tuple[str, ...]  # manylinux_aarch64, macosx_arm64, ...
+    environment: str  # extra build environment, CIBW_ENVIRONMENT syntax
+    before_build: str
+    test_command: str  # empty: import the wheel's top-level modules
+
+
+# Used where [builder] says nothing: the newest three releases, the CPythons that
+# upstreams still commonly lack wheels for, and Linux on both arches.
+_BUILT_IN_DEFAULTS = BuildOptions(
+    versions=SpecifierSet(""),
+    latest=3,
+    pythons=("cp310", "cp311", "cp312", "cp313"),
+    platforms=("manylinux_x86_64", "manylinux_aarch64"),
+    environment="",
+    before_build="",
+    test_command="",
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BuilderConfig:
+    work_dir: Path  # sdists, staging, logs, state
+    build_timeout: float
+    parallel: int
+    container_engine: str  # CIBW_CONTAINER_ENGINE: "docker", "podman; create_args: ..."
+    images: Mapping[str, str]  # platform -> image; absent: cibuildwheel's default
+    proxy_url: URL  # the index build dependencies (and sdists) come through
+    retry_backoff: float  # seconds before the first retry of a failed build; doubles
+    poll_interval: float  # seconds `run` sleeps between rounds
+    defaults: BuildOptions
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ProjectConfig:
     name: NormalizedName
+    build: BuildOptions
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -71,6 +146,7 @@ class Config:
     proxy: ProxyConfig
     wheelhouse: WheelhouseConfig
     projects: Mapping[NormalizedName, ProjectConfig]
+    builder: BuilderConfig
 
     def is_supported(self, name: NormalizedName) -> bool:
         return name in self.projects
@@ -99,6 +175,7 @@ def _build(path: Path, parser: configparser.ConfigParser) -> Config:
     base = path.resolve().parent
     reader = _Reader(path, parser)
     known = {"proxy", "wheelhouse", "builder"}
+    builder = _builder(base, reader)
     projects: dict[NormalizedName, ProjectConfig] = {}
     for section in parser.sections():
         if section.startswith(PROJECT_PREFIX):
@@ -109,7 +186,12 @@ def _build(path: Path, parser: configparser.ConfigParser) -> Config:
                 raise ConfigError(f"{path}: [{section}]: not a valid project name") from None
             if name in projects:
                 raise ConfigError(f"{path}: [{section}]: project {name} is configured twice")
-            projects[name] = ProjectConfig(name=name)
+            unknown = sorted(set(parser.options(section)) - _BUILD_OPTIONS)
+            if unknown:
+                raise ConfigError(f"{path}: [{section}] unknown option {unknown[0]}")
+            projects[name] = ProjectConfig(
+                name=name, build=_build_options(reader, section, builder.defaults)
+            )
         elif section not in known:
             raise ConfigError(f"{path}: unknown section [{section}]")
 
@@ -136,7 +218,67 @@ def _build(path: Path, parser: configparser.ConfigParser) -> Config:
     )
     wheelhouse = WheelhouseConfig(path=base / reader.get("wheelhouse", "path", "var/wheelhouse"))
     return Config(
-        path=path, proxy=proxy, wheelhouse=wheelhouse, projects=MappingProxyType(projects)
+        path=path,
+        proxy=proxy,
+        wheelhouse=wheelhouse,
+        projects=MappingProxyType(projects),
+        builder=builder,
+    )
+
+
+def _build_options(reader: _Reader, section: str, defaults: BuildOptions | None) -> BuildOptions:
+    def text(option: str, fallback: str) -> str:
+        return reader.raw(section, option, fallback)
+
+    d = defaults if defaults is not None else _BUILT_IN_DEFAULTS
+    versions_raw = text("versions", str(d.versions))
+    try:
+        versions = SpecifierSet(versions_raw)
+    except InvalidSpecifier:
+        raise reader.fail(
+            section, "versions", f"{versions_raw!r} is not a PEP 440 specifier"
+        ) from None
+    latest_raw = text("latest", "" if d.latest is None else str(d.latest))
+    if latest_raw and not (latest_raw.isascii() and latest_raw.isdigit() and int(latest_raw) > 0):
+        raise reader.fail(section, "latest", f"{latest_raw!r} is not a positive count")
+    pythons = tuple(text("pythons", " ".join(d.pythons)).split())
+    for python in pythons:
+        if not _PYTHON.fullmatch(python):
+            raise reader.fail(section, "pythons", f"{python!r} is not like cp312 or pp310")
+    platforms = tuple(text("platforms", " ".join(d.platforms)).split())
+    for platform in platforms:
+        if platform not in PLATFORMS:
+            raise reader.fail(section, "platforms", f"unknown platform {platform!r}")
+    return BuildOptions(
+        versions=versions,
+        latest=int(latest_raw) if latest_raw else None,
+        pythons=pythons,
+        platforms=platforms,
+        environment=text("environment", d.environment),
+        before_build=text("before_build", d.before_build),
+        test_command=text("test_command", d.test_command),
+    )
+
+
+def _builder(base: Path, reader: _Reader) -> BuilderConfig:
+    images = {}
+    for platform in PLATFORMS:
+        image = reader.raw("builder", f"{platform}_image", "")
+        if image:
+            images[platform] = image
+    parallel_raw = reader.get("builder", "parallel", "1")
+    if not (parallel_raw.isascii() and parallel_raw.isdigit() and int(parallel_raw) > 0):
+        raise reader.fail("builder", "parallel", f"{parallel_raw!r} is not a positive count")
+    return BuilderConfig(
+        work_dir=base / reader.get("builder", "work_dir", "var/builder"),
+        build_timeout=reader.seconds("builder", "build_timeout", 3600, minimum=1),
+        parallel=int(parallel_raw),
+        container_engine=reader.get("builder", "container_engine", "docker"),
+        images=MappingProxyType(images),
+        proxy_url=reader.upstream("builder", "proxy_url", "http://127.0.0.1:8080/simple/"),
+        retry_backoff=reader.seconds("builder", "retry_backoff", 3600),
+        poll_interval=reader.seconds("builder", "poll_interval", 300, minimum=0.01),
+        defaults=_build_options(reader, "builder", None),
     )
 
 
@@ -149,6 +291,13 @@ class _Reader:
 
     def _fail(self, section: str, option: str, why: str) -> ConfigError:
         return ConfigError(f"{self._path}: [{section}] {option}: {why}")
+
+    def fail(self, section: str, option: str, why: str) -> ConfigError:
+        return self._fail(section, option, why)
+
+    def raw(self, section: str, option: str, default: str) -> str:
+        """The value as written, which may be empty (a shell command, an environment)."""
+        return self._parser.get(section, option, fallback=default).strip()
 
     def get(self, section: str, option: str, default: str) -> str:
         value = self._parser.get(section, option, fallback=default).strip()

@@ -133,8 +133,45 @@ def test_all_proxy_options_are_read(tmp_path: Path) -> None:
     assert proxy.unsupported == "redirect"
 
 
-def test_builder_section_is_allowed(tmp_path: Path) -> None:
-    load_text(tmp_path, "[builder]\nanything = goes\n")
+def test_builder_defaults_and_project_overrides(tmp_path: Path) -> None:
+    config = load_text(
+        tmp_path,
+        "[builder]\nwork_dir = b\npythons = cp311 cp312\nlatest = 2\n"
+        "manylinux_aarch64_image = local/img:1\nenvironment = A=1\n"
+        "[project:grpcio]\nversions = >=1.48,<2\nplatforms = macosx_arm64\n"
+        "environment = GRPC_PYTHON_BUILD_WITH_CYTHON=1\n[project:lxml]\n",
+    )
+    builder = config.builder
+    assert builder.work_dir == tmp_path / "b"
+    assert builder.images == {"manylinux_aarch64": "local/img:1"}
+    assert builder.parallel == 1
+    assert str(builder.proxy_url) == "http://127.0.0.1:8080/simple/"
+    grpcio = config.projects[canonicalize_name("grpcio")].build
+    assert str(grpcio.versions) == "<2,>=1.48"
+    assert grpcio.pythons == ("cp311", "cp312")  # inherited
+    assert grpcio.platforms == ("macosx_arm64",)  # overridden
+    assert grpcio.latest == 2
+    assert grpcio.environment == "GRPC_PYTHON_BUILD_WITH_CYTHON=1"
+    lxml = config.projects[canonicalize_name("lxml")].build
+    assert lxml.environment == "A=1"
+    assert lxml.platforms == ("manylinux_x86_64", "manylinux_aarch64")
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[builder]\nanything = goes\n", "unknown option anything"),
+        ("[project:x]\nvesrions = 1\n", "unknown option vesrions"),
+        ("[project:x]\nversions = >=>1\n", "versions"),
+        ("[project:x]\npythons = py3\n", "pythons"),
+        ("[project:x]\nplatforms = solaris_sparc\n", "platforms"),
+        ("[builder]\nlatest = 0\n", "latest"),
+        ("[builder]\nparallel = many\n", "parallel"),
+        ("[builder]\nproxy_url = ftp://x/\n", "proxy_url"),
+    ],
+)
+def test_bad_builder_options_are_config_errors(tmp_path: Path, text: str, match: str) -> None:
+    assert_one_line_error(write(tmp_path, text), match)
 
 
 def test_project_names_are_normalized(tmp_path: Path) -> None:
