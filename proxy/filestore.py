@@ -42,21 +42,29 @@ def is_sha256(value: str) -> bool:
 
 @dataclass
 class Partial:
-    """A download being written: an fd shared by the writer and any readers (pread)."""
+    """A download being written: an fd shared by the writer and any readers (pread).
+
+    Writing and hashing are separate steps, so a download can hash in one thread
+    while it writes (and clients read) in another; commit() checks both.
+    """
 
     sha256: str
     path: Path
     fd: int
     written: int = 0
+    hashed: int = 0
     hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
 
     def write(self, chunk: bytes) -> None:
         view = memoryview(chunk)
         while view:
             n = os.pwrite(self.fd, view, self.written)
-            self.hasher.update(view[:n])
             self.written += n
             view = view[n:]
+
+    def hash(self, chunk: bytes) -> None:
+        self.hasher.update(chunk)
+        self.hashed += len(chunk)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +199,8 @@ class FileStore:
         """Keep the partial as the file for its sha256, if length and hash both match."""
         if size is not None and partial.written != size:
             raise StoreError("size", f"got {partial.written} bytes, expected {size}")
+        if partial.hashed != partial.written:
+            raise StoreError("hash", f"hashed {partial.hashed} of {partial.written} bytes")
         actual = partial.hasher.hexdigest()
         if actual != partial.sha256:
             raise StoreError("hash", f"sha256 {actual} != expected {partial.sha256}")

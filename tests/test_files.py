@@ -313,6 +313,7 @@ def _put(store: FileStore, data: bytes) -> str:
     sha = hashlib.sha256(data).hexdigest()
     partial = store.begin(sha)
     partial.write(data)
+    partial.hash(data)
     store.commit(partial, len(data))
     os.close(partial.fd)
     return sha
