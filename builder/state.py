@@ -1,0 +1,96 @@
+"""Build failures and their backoff, kept in <work_dir>/state.json (atomic writes).
+
+The builder never retries a failure in a hot loop: after the n-th failure of a
+job it waits retry_backoff * 2**(n-1) seconds (at most a week). A project
+version that cibuildwheel found to be pure Python is never built again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+MAX_BACKOFF = 7 * 24 * 3600
+ANY_IDENTIFIER = "*"  # a failure that holds for every identifier of a version
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Failure:
+    attempts: int
+    last_at: float
+    kind: str  # compiler error, missing system library, timeout, test failed, ...
+    detail: str  # one line from the log
+    log: str  # the job's full log
+    permanent: bool = False  # pure Python: building again would change nothing
+
+    def retry_at(self, base: float) -> float | None:
+        if self.permanent:
+            return None
+        return self.last_at + min(base * float(2 ** (self.attempts - 1)), MAX_BACKOFF)
+
+
+def job_key(project: str, version: str, identifier: str) -> str:
+    return f"{project}=={version}:{identifier}"
+
+
+class BuildState:
+    def __init__(self, work_dir: Path) -> None:
+        self.path = work_dir / "state.json"
+        self.failures: dict[str, Failure] = {}
+        if self.path.is_file():
+            raw = json.loads(self.path.read_text())
+            self.failures = {k: Failure(**v) for k, v in raw.get("failures", {}).items()}
+
+    def failure(self, project: str, version: str, identifier: str) -> Failure | None:
+        """The failure that holds for this job: one for the whole version (pure Python)
+        outranks the job's own."""
+        return self.failures.get(job_key(project, version, ANY_IDENTIFIER)) or self.failures.get(
+            job_key(project, version, identifier)
+        )
+
+    def record_failure(
+        self,
+        project: str,
+        version: str,
+        identifier: str,
+        *,
+        now: float,
+        kind: str,
+        detail: str,
+        log: Path,
+        permanent: bool = False,
+    ) -> Failure:
+        key = job_key(project, version, identifier)
+        held = self.failures.get(key)
+        failure = Failure(
+            attempts=(held.attempts if held else 0) + 1,
+            last_at=now,
+            kind=kind,
+            detail=detail,
+            log=str(log),
+            permanent=permanent,
+        )
+        self.failures[key] = failure
+        self._save()
+        return failure
+
+    def clear(self, project: str, version: str, identifier: str) -> None:
+        if self.failures.pop(job_key(project, version, identifier), None) is not None:
+            self._save()
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"failures": {k: asdict(v) for k, v in sorted(self.failures.items())}}
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".state-")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(doc, fh, indent=2)
+                fh.flush()
+                os.fsync(fh.fileno())
+            Path(tmp).replace(self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

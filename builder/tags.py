@@ -1,0 +1,117 @@
+"""Which wheel tags a cibuildwheel build identifier's interpreter and platform accept.
+
+Answers the planner's first question, "does upstream already ship a wheel that
+installs there?", with packaging.tags rather than filename guesses. A Linux
+target is assumed to have a recent libc (any manylinux_2_X / musllinux_1_X
+wheel of the arch installs), a macOS one a recent macOS.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from packaging.tags import Tag, compatible_tags, cpython_tags, mac_platforms
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+_NEWEST_GLIBC_MINOR = 50
+_NEWEST_MUSL_MINOR = 9
+_NEWEST_MACOS = (30, 0)
+# PEP 600 aliases of the legacy manylinux tags.
+_LEGACY_MANYLINUX = {"manylinux2014": 17, "manylinux2010": 12, "manylinux1": 5}
+
+
+@dataclass(frozen=True, slots=True)
+class Identifier:
+    """A cibuildwheel build identifier such as cp312-manylinux_aarch64."""
+
+    python: str  # cp312, cp313t, pp310
+    platform: str  # manylinux_aarch64, macosx_arm64, ...
+
+    @classmethod
+    def parse(cls, identifier: str) -> Identifier:
+        python, sep, platform = identifier.partition("-")
+        if not sep or not platform:
+            raise ValueError(
+                f"{identifier!r} is not a build identifier like cp312-manylinux_x86_64"
+            )
+        return cls(python, platform)
+
+    def __str__(self) -> str:
+        return f"{self.python}-{self.platform}"
+
+    @property
+    def implementation(self) -> str:
+        return self.python[:2]
+
+    @property
+    def version(self) -> tuple[int, int]:
+        digits = self.python[2:].rstrip("t")
+        return int(digits[0]), int(digits[1:])
+
+    @property
+    def free_threaded(self) -> bool:
+        return self.python.endswith("t")
+
+    @property
+    def os(self) -> str:
+        """linux, macos or windows."""
+        if self.platform.startswith(("manylinux", "musllinux")):
+            return "linux"
+        if self.platform.startswith("macosx"):
+            return "macos"
+        return "windows"
+
+    @property
+    def arch(self) -> str:
+        if self.platform.startswith("win"):
+            return {"win32": "x86", "win_amd64": "AMD64", "win_arm64": "ARM64"}[self.platform]
+        return self.platform.split("_", 1)[1]
+
+
+def platform_tags(platform: str) -> list[str]:
+    """Every platform tag a wheel for `platform` may carry, most specific first."""
+    family, _, arch = platform.partition("_")
+    if family == "manylinux":
+        tags = [f"manylinux_2_{m}_{arch}" for m in range(_NEWEST_GLIBC_MINOR, 4, -1)]
+        tags += [
+            f"{legacy}_{arch}"
+            for legacy, minor in _LEGACY_MANYLINUX.items()
+            if arch in ("x86_64", "i686") or minor == 17
+        ]
+        return tags
+    if family == "musllinux":
+        return [f"musllinux_1_{m}_{arch}" for m in range(_NEWEST_MUSL_MINOR, -1, -1)]
+    if family == "macosx":
+        return list(mac_platforms(_NEWEST_MACOS, arch))
+    return [platform]  # win32, win_amd64, win_arm64
+
+
+@functools.cache
+def accepted_tags(identifier: Identifier) -> frozenset[Tag]:
+    platforms = platform_tags(identifier.platform)
+    if identifier.implementation == "cp":
+        abi = f"cp{identifier.python[2:]}"
+        abis = [abi] if identifier.free_threaded else None  # abi3 is not free-threaded
+        tags = set(cpython_tags(identifier.version, abis=abis, platforms=platforms))
+    else:
+        tags = set()
+    tags.update(
+        compatible_tags(identifier.version, interpreter=identifier.python, platforms=platforms)
+    )
+    return frozenset(tags)
+
+
+def installs_on(filename: str, identifier: Identifier) -> bool:
+    """Whether the wheel `filename` installs on the identifier's interpreter and platform."""
+    try:
+        _, _, _, tags = parse_wheel_filename(filename)
+    except InvalidWheelFilename:
+        return False
+    accepted = accepted_tags(identifier)
+    if identifier.implementation == "pp":
+        # PyPy's ABI tag names the PyPy release (pypy310_pp73); match on the rest.
+        platforms = set(platform_tags(identifier.platform))
+        if any(t.interpreter == identifier.python and t.platform in platforms for t in tags):
+            return True
+    return any(tag in accepted for tag in tags)
