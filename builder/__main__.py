@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from packaging.utils import InvalidName, canonicalize_name
 from proxy.cli import ArgumentParser
 from proxy.config import ConfigError, load_config
 
+from .commands import CommandError, cmd_build, cmd_plan, cmd_run, cmd_status
 from .publish import list_wheels, publish
 
 
@@ -24,6 +26,17 @@ def _parser() -> ArgumentParser:
     publish_cmd.add_argument("wheels", nargs="+", type=Path, metavar="WHEEL")
     list_cmd = commands.add_parser("list", help="show what the wheelhouse holds")
     list_cmd.add_argument("project", nargs="?", metavar="PROJECT")
+    plan_cmd = commands.add_parser("plan", help="the jobs that would run, and why others won't")
+    plan_cmd.add_argument("project", nargs="?", metavar="PROJECT")
+    plan_cmd.add_argument("--json", action="store_true", help="a JSON list for machines")
+    build_cmd = commands.add_parser("build", help="build one project version now")
+    build_cmd.add_argument("requirement", metavar="PROJECT==VERSION")
+    build_cmd.add_argument("--only", metavar="IDENTIFIER", help="e.g. cp312-manylinux_aarch64")
+    run_cmd = commands.add_parser("run", help="plan, build, publish, sleep; until SIGTERM")
+    run_cmd.add_argument("--rounds", type=int, help=argparse.SUPPRESS)  # tests: stop after N
+    status_cmd = commands.add_parser("status", help="versions x identifiers, per project")
+    status_cmd.add_argument("project", nargs="?", metavar="PROJECT")
+    status_cmd.add_argument("--json", action="store_true", help="JSON for machines")
     return parser
 
 
@@ -40,6 +53,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "publish":
         return publish(config, args.wheels, sys.stdout, sys.stderr)
+    try:
+        if args.command == "plan":
+            return cmd_plan(config, args.project, args.json, sys.stdout)
+        if args.command == "build":
+            return cmd_build(config, args.requirement, args.only, sys.stdout)
+        if args.command == "run":
+            return cmd_run(config, args.rounds, sys.stdout)
+        if args.command == "status":
+            return cmd_status(config, args.project, args.json, sys.stdout)
+    except CommandError as exc:
+        print(f"pythonbuild-builder: {exc}", file=sys.stderr)
+        return 1
     project = None
     if args.project is not None:
         try:

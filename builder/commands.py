@@ -1,0 +1,263 @@
+"""`plan`, `build`, `status` and `run`: the builder's commands over one config."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from packaging.utils import InvalidName, NormalizedName, canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from proxy.config import Config
+from proxy.demand import DemandQueue
+from proxy.model import ProjectPage
+from proxy.wheelhouse import Wheelhouse, demand_path
+
+from .build import Builder
+from .host import Host, detect_host
+from .index import IndexUnavailable, download, fetch_page
+from .plan import Job, Plan, Skip, Skipped, plan, sdist_of
+from .state import BuildState
+
+
+class CommandError(Exception):
+    """One line for the operator; exit code 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectPlan:
+    project: NormalizedName
+    page: ProjectPage
+    upstream_files: frozenset[str]
+    plan: Plan
+
+
+def _projects(config: Config, only: str | None) -> list[NormalizedName]:
+    if only is None:
+        return sorted(config.projects)
+    try:
+        name = canonicalize_name(only, validate=True)
+    except InvalidName:
+        raise CommandError(f"{only!r} is not a project name") from None
+    if name not in config.projects:
+        raise CommandError(f"{name} is not a supported project (no [project:{name}] section)")
+    return [name]
+
+
+def plan_projects(
+    config: Config, only: str | None, host: Host | None = None, now: float | None = None
+) -> Iterator[ProjectPlan]:
+    """Each supported project's plan, from its page as the proxy serves it."""
+    host = host or detect_host(config.builder.container_engine)
+    state = BuildState(config.builder.work_dir)
+    wheelhouse = Wheelhouse(config.wheelhouse.path)
+    with DemandQueue(demand_path(config)) as queue:
+        for name in _projects(config, only):
+            try:
+                page = fetch_page(str(config.builder.proxy_url), name)
+            except IndexUnavailable as exc:
+                raise CommandError(f"cannot read {name}'s page through the proxy: {exc}") from None
+            page = page or ProjectPage(name=name)
+            local = list(wheelhouse.manifest(name).wheels)
+            # The proxy's page includes our own wheels; what upstream ships is the rest.
+            upstream = frozenset(f.filename for f in page.files if f.origin is None)
+            yield ProjectPlan(
+                project=name,
+                page=page,
+                upstream_files=upstream,
+                plan=plan(
+                    project=config.projects[name],
+                    page=page,
+                    upstream_files=sorted(upstream),
+                    local_files=local,
+                    demand=queue.pending(name),
+                    host=host,
+                    state=state,
+                    retry_backoff=config.builder.retry_backoff,
+                    now=time.time() if now is None else now,
+                ),
+            )
+
+
+def cmd_plan(config: Config, only: str | None, as_json: bool, out: TextIO) -> int:
+    rows: list[dict[str, Any]] = []
+    for pp in plan_projects(config, only):
+        for job in pp.plan.jobs:
+            rows.append(
+                {
+                    "project": job.project,
+                    "version": job.version,
+                    "identifier": job.identifier,
+                    "demand": job.demand,
+                }
+            )
+            if not as_json:
+                asked = f"  (asked for {job.demand}x)" if job.demand else ""
+                print(f"{job.project} {job.version} {job.identifier}{asked}", file=out)
+        for skip in pp.plan.skipped:
+            rows.append(
+                {
+                    "project": skip.project,
+                    "version": skip.version,
+                    "identifier": skip.identifier,
+                    "skipped": skip.reason,
+                }
+            )
+            if not as_json:
+                print(
+                    f"skip {skip.project} {skip.version} {skip.identifier}: {skip.reason}", file=out
+                )
+    if as_json:
+        json.dump(rows, out, indent=2)
+        print(file=out)
+    return 0
+
+
+def parse_requirement(text: str) -> tuple[NormalizedName, str]:
+    name, sep, version = text.partition("==")
+    try:
+        if not sep:
+            raise ValueError
+        return canonicalize_name(name.strip(), validate=True), str(Version(version.strip()))
+    except (InvalidName, InvalidVersion, ValueError):
+        raise CommandError(f"{text!r} is not PROJECT==VERSION") from None
+
+
+def build_version(
+    config: Config, builder: Builder, pp: ProjectPlan, version: str, identifiers: list[str]
+) -> bool:
+    sdist_file = sdist_of(pp.page, version)
+    if sdist_file is None:
+        raise CommandError(f"{pp.project} {version}: upstream has no sdist")
+    try:
+        sdist = download(sdist_file, config.builder.work_dir / "sdists" / pp.project)
+    except IndexUnavailable as exc:
+        raise CommandError(f"cannot fetch the sdist: {exc}") from None
+    report = builder.build(pp.project, version, sdist, sdist_file, identifiers, pp.upstream_files)
+    return report.ok
+
+
+def cmd_build(config: Config, requirement: str, only: str | None, out: TextIO) -> int:
+    project, version = parse_requirement(requirement)
+    [pp] = list(plan_projects(config, project))
+    if sdist_of(pp.page, version) is None:
+        raise CommandError(f"{project} {version}: upstream has no sdist")
+    if only is not None:
+        identifiers = [only]
+    else:
+        identifiers = [j.identifier for j in pp.plan.jobs if j.version == version]
+        if not identifiers:
+            for skip in pp.plan.skipped:
+                if skip.version == version:
+                    print(f"skip {skip.identifier}: {skip.reason}", file=out)
+            print(f"nothing to build for {project} {version}", file=out)
+            return 0
+    builder = Builder(config, out)
+    with _stop_on_signals(builder):
+        ok = build_version(config, builder, pp, version, identifiers)
+    return 0 if ok else 1
+
+
+STATUS_OF = {
+    Skip.UPSTREAM: "upstream has it",
+    Skip.BUILT: "built",
+    Skip.BACKOFF: "failed",
+    Skip.PERMANENT: "failed",
+    Skip.NO_SDIST: "impossible",
+    Skip.REQUIRES_PYTHON: "impossible",
+    Skip.HOST: "impossible",
+}
+
+
+def cmd_status(config: Config, only: str | None, as_json: bool, out: TextIO) -> int:
+    rows: list[dict[str, Any]] = []
+    for pp in plan_projects(config, only):
+        cells: list[Job | Skipped] = [*pp.plan.jobs, *pp.plan.skipped]
+        cells.sort(key=lambda c: (_version_key(c.version), c.identifier), reverse=True)
+        counts: dict[str, int] = {}
+        for cell in cells:
+            status = "pending" if isinstance(cell, Job) else STATUS_OF[cell.kind]
+            counts[status] = counts.get(status, 0) + 1
+            row = {
+                "project": cell.project,
+                "version": cell.version,
+                "identifier": cell.identifier,
+                "status": status,
+            }
+            if isinstance(cell, Skipped) and status != "built":
+                row["reason"] = cell.reason
+            rows.append(row)
+            if not as_json:
+                why = f"  ({row['reason']})" if "reason" in row else ""
+                print(f"{cell.project} {cell.version} {cell.identifier}: {status}{why}", file=out)
+        if not as_json:
+            summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+            print(f"{pp.project}: {summary or 'nothing configured'}", file=out)
+    if as_json:
+        json.dump(rows, out, indent=2)
+        print(file=out)
+    return 0
+
+
+def _version_key(version: str) -> Version:
+    try:
+        return Version(version)
+    except InvalidVersion:
+        return Version("0")
+
+
+class _stop_on_signals:
+    """SIGTERM/SIGINT cancel the current build (its process group and containers)."""
+
+    def __init__(self, builder: Builder) -> None:
+        self.builder = builder
+        self.wake = threading.Event()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.builder.stop()
+        self.wake.set()
+
+    def __enter__(self) -> _stop_on_signals:
+        self._previous = {
+            sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def cmd_run(config: Config, rounds: int | None, out: TextIO) -> int:
+    """The sidecar loop: plan, build, publish, sleep; until SIGTERM (or `rounds`)."""
+    builder = Builder(config, out)
+    with _stop_on_signals(builder) as stopper:
+        done = 0
+        while not builder.stopping and (rounds is None or done < rounds):
+            try:
+                for pp in plan_projects(config, None):
+                    by_version: dict[str, list[str]] = {}
+                    for job in pp.plan.jobs:
+                        by_version.setdefault(job.version, []).append(job.identifier)
+                    for version, identifiers in by_version.items():
+                        if builder.stopping:
+                            break
+                        try:
+                            build_version(config, builder, pp, version, identifiers)
+                        except CommandError as exc:
+                            print(f"pythonbuild-builder: {exc}", file=sys.stderr, flush=True)
+            except CommandError as exc:
+                # The proxy is down, say: try again next round, never in a hot loop.
+                print(f"pythonbuild-builder: {exc}", file=sys.stderr, flush=True)
+            done += 1
+            if rounds is None or done < rounds:
+                stopper.wake.wait(config.builder.poll_interval)
+    if builder.stopping:
+        print("pythonbuild-builder: stopped", file=out, flush=True)
+    return 0

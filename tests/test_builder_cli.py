@@ -1,0 +1,152 @@
+"""`plan`, `status` and `build` as commands, through the real proxy (no container needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from aiohttp.test_utils import TestClient
+from aiohttp.web import Application, Request
+
+from proxy.config import load_config
+from proxy.demand import ClientPlatform, DemandQueue
+from proxy.wheelcheck import check_wheel
+from proxy.wheelhouse import Wheelhouse
+from tests.conftest import BIN, ProxyFactory, client_env, run
+from tests.dists import make_sdist, make_wheel
+from tests.upstream import FixtureUpstream
+
+Client = TestClient[Request, Application]
+
+
+def builder_config(tmp_path: Path, client: Client, upstream: FixtureUpstream) -> Path:
+    """A config whose builder reads through the running proxy and shares its wheelhouse."""
+    path = tmp_path / "proxy" / "config.ini"
+    text = path.read_text()
+    text += (
+        "[builder]\n"
+        f"proxy_url = {client.make_url('/simple/')}\n"
+        "work_dir = work\n"
+        "pythons = cp311 cp312\n"
+        "platforms = manylinux_x86_64 macosx_arm64\n"
+        "latest = 2\n"
+    )
+    path.write_text(text)
+    load_config(path)  # fails here, not in the subprocess, if the test wrote it wrong
+    return path
+
+
+async def builder(config: Path, home: Path, *args: str) -> tuple[int, str]:
+    return await run(
+        str(BIN / "pythonbuild-builder"), "--config", str(config), *args, env=client_env(home)
+    )
+
+
+async def test_plan_json_gives_jobs_and_reasons(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    upstream.add(
+        "grpcio",
+        make_sdist("grpcio", "1.48.1"),
+        make_wheel("grpcio", "1.48.1", "cp312-cp312-manylinux_2_17_x86_64"),
+        make_sdist("grpcio", "1.47.0", requires_python=">=3.12"),
+        make_sdist("grpcio", "1.46.0"),  # beyond latest = 2
+    )
+    upstream.projects["grpcio"].requires_python["grpcio-1.47.0.tar.gz"] = ">=3.12"
+    client = await make_proxy(projects=("grpcio",))
+    config = builder_config(tmp_path, client, upstream)
+    code, out = await builder(config, tmp_path / "home", "plan", "--json")
+    assert code == 0, out
+    rows = {(r["version"], r["identifier"]): r for r in json.loads(out)}
+    assert set(rows) == {
+        (v, f"{py}-{plat}")
+        for v in ("1.48.1", "1.47.0")
+        for py in ("cp311", "cp312")
+        for plat in ("manylinux_x86_64", "macosx_arm64")
+    }
+    assert rows[("1.48.1", "cp312-manylinux_x86_64")]["skipped"] == (
+        "upstream already ships a wheel that installs there"
+    )
+    assert rows[("1.47.0", "cp311-manylinux_x86_64")]["skipped"] == (
+        "Requires-Python >=3.12 excludes cp311"
+    )
+    assert rows[("1.48.1", "cp311-macosx_arm64")]["skipped"] == "macOS wheels need a Mac"
+    for row in rows.values():
+        assert row["project"] == "grpcio"
+
+    code, text = await builder(config, tmp_path / "home", "plan", "grpcio")
+    assert code == 0
+    assert "skip grpcio 1.48.1 cp311-macosx_arm64: macOS wheels need a Mac" in text
+
+
+async def test_status_shows_built_upstream_and_impossible(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    upstream.add(
+        "grpcio",
+        make_sdist("grpcio", "1.48.1"),
+        make_wheel("grpcio", "1.48.1", "cp312-cp312-manylinux_2_17_x86_64"),
+    )
+    client = await make_proxy(projects=("grpcio",))
+    config = builder_config(tmp_path, client, upstream)
+    ours = make_wheel("grpcio", "1.48.1", "cp311-cp311-manylinux_2_17_x86_64")
+    path = tmp_path / ours.filename
+    path.write_bytes(ours.content)
+    Wheelhouse(tmp_path / "proxy" / "wheelhouse").publish(
+        check_wheel(path), path, {"kind": "built"}
+    )
+    code, out = await builder(config, tmp_path / "home", "status", "--json")
+    assert code == 0, out
+    status = {r["identifier"]: r["status"] for r in json.loads(out)}
+    assert status == {
+        "cp311-manylinux_x86_64": "built",
+        "cp312-manylinux_x86_64": "upstream has it",
+        "cp311-macosx_arm64": "impossible",
+        "cp312-macosx_arm64": "impossible",
+    }
+    code, text = await builder(config, tmp_path / "home", "status")
+    assert "grpcio 1.48.1 cp311-macosx_arm64: impossible  (macOS wheels need a Mac)" in text
+    assert "grpcio: 1 built, 2 impossible, 1 upstream has it" in text
+
+
+async def test_demand_is_planned_first(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    upstream.add("grpcio", make_sdist("grpcio", "1.48.1"), make_sdist("grpcio", "1.30.0"))
+    client = await make_proxy(projects=("grpcio",))
+    config = builder_config(tmp_path, client, upstream)
+    with DemandQueue(tmp_path / "proxy" / "wheelhouse" / "demand.sqlite") as queue:
+        for _ in range(4):
+            queue.record(
+                "grpcio", "1.30.0", ClientPlatform(interpreter="cp310", platform="macosx_arm64")
+            )
+    code, out = await builder(config, tmp_path / "home", "plan", "--json")
+    assert code == 0, out
+    first = json.loads(out)
+    # Demand comes first even when this host cannot build it: the reason says why.
+    assert first[0] == {
+        "project": "grpcio",
+        "version": "1.30.0",
+        "identifier": "cp310-macosx_arm64",
+        "skipped": "macOS wheels need a Mac",
+    }
+
+
+async def test_cli_errors_are_one_line(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    client = await make_proxy(projects=("grpcio",))
+    config = builder_config(tmp_path, client, upstream)
+    for args, message in [
+        (("build", "grpcio"), "is not PROJECT==VERSION"),
+        (("build", "six==1.0"), "six is not a supported project"),
+        (("build", "grpcio==9.9"), "upstream has no sdist"),
+        (("plan", "no_such"), "no-such is not a supported project"),
+    ]:
+        code, out = await builder(config, tmp_path / "home", *args)
+        assert code != 0, out
+        assert out.count("\n") == 1 and message in out, (args, out)
+    await client.close()
+    code, out = await builder(config, tmp_path / "home", "plan")
+    assert code == 1
+    assert out.startswith("pythonbuild-builder: cannot read grpcio's page through the proxy")
