@@ -9,42 +9,26 @@ PyPI filenames are immutable, and clients and lockfiles key on them).
 from __future__ import annotations
 
 import getpass
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
 from packaging.utils import NormalizedName
 
-from proxy import USER_AGENT
 from proxy.config import Config
-from proxy.negotiate import PAGE_ACCEPT
-from proxy.parse import PageFormatError, parse_project
 from proxy.wheelcheck import CheckedWheel, WheelRejected, check_wheel
 from proxy.wheelhouse import Wheelhouse
 
-UPSTREAM_TIMEOUT = 30
+from .index import IndexUnavailable, fetch_page
 
 
 def upstream_filenames(config: Config, project: NormalizedName) -> frozenset[str]:
     """The filenames upstream lists for a project (none when it does not know it)."""
-    url = f"{config.proxy.upstream}{project}/"
-    request = urllib.request.Request(url, headers={"Accept": PAGE_ACCEPT, "User-Agent": USER_AGENT})
     try:
-        with urllib.request.urlopen(request, timeout=UPSTREAM_TIMEOUT) as resp:
-            body = resp.read()
-            page = parse_project(body, resp.headers.get("Content-Type", ""), resp.url, project)
-    except urllib.error.HTTPError as exc:
-        if exc.code in (404, 410):
-            return frozenset()
-        raise WheelRejected(
-            f"cannot check upstream for a clash: {url} answered {exc.code}"
-        ) from None
-    except (urllib.error.URLError, OSError, PageFormatError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise WheelRejected(f"cannot check upstream for a clash: {url}: {reason}") from None
-    return frozenset(f.filename for f in page.files)
+        page = fetch_page(str(config.proxy.upstream), project)
+    except IndexUnavailable as exc:
+        raise WheelRejected(f"cannot check upstream for a clash: {exc}") from None
+    return frozenset(f.filename for f in page.files) if page is not None else frozenset()
 
 
 def publish(config: Config, paths: Iterable[Path], out: TextIO, err: TextIO) -> int:
