@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import datetime
 import enum
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.tags import Tag
 from packaging.utils import InvalidSdistFilename, parse_sdist_filename
 from packaging.version import InvalidVersion, Version
 
@@ -24,7 +26,7 @@ from proxy.model import DistFile, ProjectPage
 
 from .host import Host
 from .state import BuildState
-from .tags import Identifier, installs_on
+from .tags import Identifier, tags_install_on, wheels_by_version
 
 
 class Skip(enum.Enum):
@@ -60,14 +62,20 @@ class Plan:
     skipped: list[Skipped]
 
 
-def sdist_of(page: ProjectPage, version: str) -> DistFile | None:
+def sdists_by_version(page: ProjectPage) -> dict[str, DistFile]:
+    """Each version's sdist (the first listed), parsed once per plan."""
+    found: dict[str, DistFile] = {}
     for f in page.files:
         try:
-            if str(parse_sdist_filename(f.filename)[1]) == version:
-                return f
+            version = str(parse_sdist_filename(f.filename)[1])
         except (InvalidSdistFilename, InvalidVersion):
             continue
-    return None
+        found.setdefault(version, f)
+    return found
+
+
+def sdist_of(page: ProjectPage, version: str) -> DistFile | None:
+    return sdists_by_version(page).get(version)
 
 
 def selected_versions(page: ProjectPage, project: ProjectConfig) -> list[str]:
@@ -88,6 +96,7 @@ def selected_versions(page: ProjectPage, project: ProjectConfig) -> list[str]:
     return [str(v) for v in versions]
 
 
+@functools.lru_cache(maxsize=1024)
 def _allows(requires_python: str | None, identifier: Identifier) -> bool:
     if not requires_python:
         return True
@@ -109,9 +118,9 @@ def judge(
     project: ProjectConfig,
     version: str,
     identifier: Identifier,
-    page: ProjectPage,
-    upstream_files: Sequence[str],
-    local_files: Sequence[str],
+    sdist: DistFile | None,
+    upstream_wheels: Mapping[str, list[frozenset[Tag]]],
+    local_wheels: Mapping[str, list[frozenset[Tag]]],
     host: Host,
     state: BuildState,
     retry_backoff: float,
@@ -125,13 +134,10 @@ def judge(
             reason=reason,
         )  # fmt: skip
 
-    wheels = [f for f in upstream_files if _version_of_wheel(f) == version]
-    if any(installs_on(f, identifier) for f in wheels):
+    if any(tags_install_on(t, identifier) for t in upstream_wheels.get(version, ())):
         return skip(Skip.UPSTREAM, "upstream already ships a wheel that installs there")
-    ours = [f for f in local_files if _version_of_wheel(f) == version]
-    if any(installs_on(f, identifier) for f in ours):
+    if any(tags_install_on(t, identifier) for t in local_wheels.get(version, ())):
         return skip(Skip.BUILT, "the wheelhouse has one")
-    sdist = sdist_of(page, version)
     if sdist is None:
         return skip(Skip.NO_SDIST, "upstream has no sdist for this version")
     if not _allows(sdist.requires_python, identifier):
@@ -156,12 +162,6 @@ def judge(
     return None
 
 
-def _version_of_wheel(filename: str) -> str | None:
-    from proxy.model import version_of
-
-    return version_of(filename) if filename.endswith(".whl") else None
-
-
 def plan(
     *,
     project: ProjectConfig,
@@ -179,6 +179,9 @@ def plan(
     seen: set[tuple[str, str]] = set()
     options = project.build
     known_versions = set(page.versions)
+    upstream_wheels = wheels_by_version(upstream_files)
+    local_wheels = wheels_by_version(local_files)
+    sdists = sdists_by_version(page)
 
     def consider(version: str, identifier: Identifier, demand_count: int = 0) -> None:
         key = (version, str(identifier))
@@ -186,8 +189,8 @@ def plan(
             return
         seen.add(key)
         verdict = judge(
-            project=project, version=version, identifier=identifier, page=page,
-            upstream_files=upstream_files, local_files=local_files, host=host, state=state,
+            project=project, version=version, identifier=identifier, sdist=sdists.get(version),
+            upstream_wheels=upstream_wheels, local_wheels=local_wheels, host=host, state=state,
             retry_backoff=retry_backoff, now=now,
         )  # fmt: skip
         if verdict is None:

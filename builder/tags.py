@@ -9,6 +9,7 @@ wheel of the arch installs), a macOS one a recent macOS.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from packaging.tags import Tag, compatible_tags, cpython_tags, mac_platforms
@@ -102,12 +103,28 @@ def accepted_tags(identifier: Identifier) -> frozenset[Tag]:
     return frozenset(tags)
 
 
+def wheels_by_version(filenames: Iterable[str]) -> dict[str, list[frozenset[Tag]]]:
+    """Each wheel's tags, grouped by version: parsed once per plan, not once per job."""
+    grouped: dict[str, list[frozenset[Tag]]] = {}
+    for filename in filenames:
+        try:
+            _, version, _, tags = parse_wheel_filename(filename)
+        except InvalidWheelFilename:
+            continue
+        grouped.setdefault(str(version), []).append(tags)
+    return grouped
+
+
 def installs_on(filename: str, identifier: Identifier) -> bool:
     """Whether the wheel `filename` installs on the identifier's interpreter and platform."""
     try:
         _, _, _, tags = parse_wheel_filename(filename)
     except InvalidWheelFilename:
         return False
+    return tags_install_on(tags, identifier)
+
+
+def tags_install_on(tags: frozenset[Tag], identifier: Identifier) -> bool:
     accepted = accepted_tags(identifier)
     if identifier.implementation == "pp":
         # PyPy's ABI tag names the PyPy release (pypy310_pp73); match on the rest.
