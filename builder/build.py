@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from packaging.utils import NormalizedName
 
@@ -134,9 +134,10 @@ def remove_containers(configured_engine: str, job: str) -> None:
 class Builder:
     """Runs builds for one config; `stop()` (from a signal) cancels the current one."""
 
-    def __init__(self, config: Config, out: TextIO = sys.stdout) -> None:
+    def __init__(self, config: Config, out: TextIO = sys.stdout, *, live: bool = False) -> None:
         self.config = config
         self.out = out
+        self.live = live  # echo cibuildwheel's output as well as logging it
         self.work = config.builder.work_dir
         self.state = BuildState(self.work)
         self.wheelhouse = Wheelhouse(config.wheelhouse.path)
@@ -304,13 +305,20 @@ class Builder:
             log.flush()
             self._proc = subprocess.Popen(
                 command,
-                stdout=log,
+                stdout=subprocess.PIPE if self.live else log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
             )
+            tee = None
+            if self.live:
+                tee = threading.Thread(target=self._tee, args=(self._proc, log), daemon=True)
+                tee.start()
             try:
-                return self._proc.wait(timeout=builder.build_timeout)
+                code = self._proc.wait(timeout=builder.build_timeout)
+                if tee is not None:
+                    tee.join()
+                return code
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self._proc.pid, signal.SIGKILL)
@@ -319,6 +327,14 @@ class Builder:
             finally:
                 self._proc = None
                 remove_containers(builder.container_engine, job)
+
+    def _tee(self, proc: subprocess.Popen[bytes], log: BinaryIO) -> None:
+        """cibuildwheel's output to its log and, live, to the terminal."""
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            self.out.write(line.decode(errors="replace"))
+            self.out.flush()
 
     def _publish(
         self,

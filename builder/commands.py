@@ -158,7 +158,7 @@ def cmd_build(config: Config, requirement: str, only: str | None, out: TextIO) -
                     print(f"skip {skip.identifier}: {skip.reason}", file=out)
             print(f"nothing to build for {project} {version}", file=out)
             return 0
-    builder = Builder(config, out)
+    builder = Builder(config, out, live=True)
     with _stop_on_signals(builder):
         ok = build_version(config, builder, pp, version, identifiers)
     return 0 if ok else 1
