@@ -41,8 +41,10 @@ _DONE = re.compile(r"[✓✕] (\d+\.\d+)s")
 def stage_times(log: str) -> dict[str, float]:
     times = dict.fromkeys(STAGES, 0.0)
     current: str | None = None
+    known = tuple(t for group in STAGES.values() for t in group)
     for line in log.splitlines():
-        if m := _STEP.match(line):
+        # Only cibuildwheel's own step titles: other tools' lines end in "..." too.
+        if (m := _STEP.match(line)) and m.group(1).startswith(known):
             current = m.group(1)
         elif (m := _DONE.search(line)) and current is not None:
             for stage, titles in STAGES.items():
