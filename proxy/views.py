@@ -85,9 +85,12 @@ async def project_page(request: web.Request) -> web.StreamResponse:
         raise web.HTTPTemporaryRedirect(str(request.app[UPSTREAM].page_url(name)))
     fmt = _format(request)
     result, failure = await _upstream_page(request, name, supported)
-    manifest = (
-        await asyncio.to_thread(request.app[WHEELHOUSE].manifest, name) if supported else None
-    )
+    manifest = None
+    if supported:
+        # A warm page needs only a stat() to know the manifest is unchanged; a thread hop
+        # would cost more than that. Reading and parsing a changed one goes to a thread.
+        wheelhouse = request.app[WHEELHOUSE]
+        manifest = wheelhouse.unchanged(name) or await asyncio.to_thread(wheelhouse.manifest, name)
     local = manifest.wheels if manifest is not None else {}
     upstream = result.entry.page if result is not None else None
     if upstream is None and not local:

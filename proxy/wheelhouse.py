@@ -135,6 +135,19 @@ class Wheelhouse:
 
     # -- reading (the proxy, on every page of a supported project) ----------------
 
+    def unchanged(self, project: NormalizedName) -> Manifest | None:
+        """The held manifest if the file has not changed since it was read: one stat(),
+        cheap enough for the event loop. None when it must be (re)read."""
+        try:
+            st = (self.project_dir(project) / MANIFEST).stat()
+        except FileNotFoundError:
+            return Manifest(project, {}, None)
+        with self._lock:
+            held = self._cache.get(project)
+        if held is not None and held.signature == (st.st_ino, st.st_size, st.st_mtime_ns):
+            return held
+        return None
+
     def manifest(self, project: NormalizedName) -> Manifest:
         """The project's manifest; re-read only when the file changed (one stat)."""
         path = self.project_dir(project) / MANIFEST
