@@ -134,12 +134,19 @@ def remove_containers(configured_engine: str, job: str) -> None:
 class Builder:
     """Runs builds for one config; `stop()` (from a signal) cancels the current one."""
 
-    def __init__(self, config: Config, out: TextIO = sys.stdout, *, live: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        out: TextIO = sys.stdout,
+        *,
+        live: bool = False,
+        state: BuildState | None = None,
+    ) -> None:
         self.config = config
         self.out = out
         self.live = live  # echo cibuildwheel's output as well as logging it
         self.work = config.builder.work_dir
-        self.state = BuildState(self.work)
+        self.state = state if state is not None else BuildState(self.work)
         self.wheelhouse = Wheelhouse(config.wheelhouse.path)
         self._proc: subprocess.Popen[bytes] | None = None
         self._job: str | None = None
@@ -218,6 +225,9 @@ class Builder:
         seconds = time.monotonic() - started
         outcomes: list[Outcome] = []
         try:
+            if self.stopping:
+                # Cancelled, not failed: no backoff, the next start builds it again.
+                return [Outcome(str(i), failure="cancelled", log=log_path) for i in members]
             if returncode != 0:
                 kind, detail = classify(log_path.read_text(errors="replace"), returncode)
                 permanent = returncode == 5

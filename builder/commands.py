@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import queue
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -213,14 +215,15 @@ def _version_key(version: str) -> Version:
 
 
 class _stop_on_signals:
-    """SIGTERM/SIGINT cancel the current build (its process group and containers)."""
+    """SIGTERM/SIGINT cancel the current builds (process groups and containers)."""
 
-    def __init__(self, builder: Builder) -> None:
-        self.builder = builder
+    def __init__(self, *builders: Builder) -> None:
+        self.builders = builders
         self.wake = threading.Event()
 
     def _handle(self, signum: int, frame: object) -> None:
-        self.builder.stop()
+        for builder in self.builders:
+            builder.stop()
         self.wake.set()
 
     def __enter__(self) -> _stop_on_signals:
@@ -235,29 +238,59 @@ class _stop_on_signals:
 
 
 def cmd_run(config: Config, rounds: int | None, out: TextIO) -> int:
-    """The sidecar loop: plan, build, publish, sleep; until SIGTERM (or `rounds`)."""
-    builder = Builder(config, out)
-    with _stop_on_signals(builder) as stopper:
+    """The sidecar loop: plan, build, publish, sleep; until SIGTERM (or `rounds`).
+
+    Up to `parallel` version groups build at once, each with its own Builder
+    (one cibuildwheel process at a time per builder); they share the failure state.
+    """
+    state = BuildState(config.builder.work_dir)
+    builders = [Builder(config, out, state=state) for _ in range(config.builder.parallel)]
+    idle: queue.SimpleQueue[Builder] = queue.SimpleQueue()
+    for builder in builders:
+        idle.put(builder)
+
+    def build_with_any(pp: ProjectPlan, version: str, identifiers: list[str]) -> None:
+        builder = idle.get()
+        try:
+            if not builder.stopping:
+                build_version(config, builder, pp, version, identifiers)
+        except CommandError as exc:
+            print(f"pythonbuild-builder: {exc}", file=sys.stderr, flush=True)
+        finally:
+            idle.put(builder)
+
+    with (
+        _stop_on_signals(*builders) as stopper,
+        ThreadPoolExecutor(max_workers=config.builder.parallel, thread_name_prefix="build") as pool,
+    ):
         done = 0
-        while not builder.stopping and (rounds is None or done < rounds):
+        while not stopper.wake.is_set() and (rounds is None or done < rounds):
             try:
-                for pp in plan_projects(config, None):
-                    by_version: dict[str, list[str]] = {}
-                    for job in pp.plan.jobs:
-                        by_version.setdefault(job.version, []).append(job.identifier)
-                    for version, identifiers in by_version.items():
-                        if builder.stopping:
-                            break
-                        try:
-                            build_version(config, builder, pp, version, identifiers)
-                        except CommandError as exc:
-                            print(f"pythonbuild-builder: {exc}", file=sys.stderr, flush=True)
+                futures = [
+                    pool.submit(build_with_any, pp, version, identifiers)
+                    for pp in plan_projects(config, None)
+                    for version, identifiers in _by_version(pp.plan.jobs).items()
+                ]
+                # Signals reach the main thread only: wait in short steps, not in join.
+                while not all(f.done() for f in futures):
+                    stopper.wake.wait(0.2)
+                    if stopper.wake.is_set():
+                        for future in futures:
+                            future.cancel()
+                        break
             except CommandError as exc:
                 # The proxy is down, say: try again next round, never in a hot loop.
                 print(f"pythonbuild-builder: {exc}", file=sys.stderr, flush=True)
             done += 1
             if rounds is None or done < rounds:
                 stopper.wake.wait(config.builder.poll_interval)
-    if builder.stopping:
+    if stopper.wake.is_set():
         print("pythonbuild-builder: stopped", file=out, flush=True)
     return 0
+
+
+def _by_version(jobs: list[Job]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for job in jobs:
+        grouped.setdefault(job.version, []).append(job.identifier)
+    return grouped

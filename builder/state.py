@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class BuildState:
     def __init__(self, work_dir: Path) -> None:
         self.path = work_dir / "state.json"
         self.failures: dict[str, Failure] = {}
+        self._lock = threading.Lock()  # parallel builds record from their own threads
         if self.path.is_file():
             raw = json.loads(self.path.read_text())
             self.failures = {k: Failure(**v) for k, v in raw.get("failures", {}).items()}
@@ -64,22 +66,24 @@ class BuildState:
         permanent: bool = False,
     ) -> Failure:
         key = job_key(project, version, identifier)
-        held = self.failures.get(key)
-        failure = Failure(
-            attempts=(held.attempts if held else 0) + 1,
-            last_at=now,
-            kind=kind,
-            detail=detail,
-            log=str(log),
-            permanent=permanent,
-        )
-        self.failures[key] = failure
-        self._save()
+        with self._lock:
+            held = self.failures.get(key)
+            failure = Failure(
+                attempts=(held.attempts if held else 0) + 1,
+                last_at=now,
+                kind=kind,
+                detail=detail,
+                log=str(log),
+                permanent=permanent,
+            )
+            self.failures[key] = failure
+            self._save()
         return failure
 
     def clear(self, project: str, version: str, identifier: str) -> None:
-        if self.failures.pop(job_key(project, version, identifier), None) is not None:
-            self._save()
+        with self._lock:
+            if self.failures.pop(job_key(project, version, identifier), None) is not None:
+                self._save()
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ opt out locally with PYTHONBUILD_SKIP_REALBUILD=1.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import signal
@@ -229,3 +230,31 @@ async def test_sigterm_cancels_the_running_build_and_its_container(
     assert not (wheelhouse / "yamlext" / "manifest.json").exists()
     with DemandQueue(wheelhouse / "demand.sqlite") as queue:
         assert [(r.project, r.version) for r in queue.pending()] == [("yamlext", "3.0")]
+    # Cancelled is not failed: no backoff keeps the next start from building it.
+    state = tmp_path / "proxy" / "work" / "state.json"
+    assert not state.exists() or json.loads(state.read_text())["failures"] == {}
+
+
+async def test_run_builds_versions_in_parallel(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, tmp_path: Path, buildenv: BuildEnv
+) -> None:
+    sdists = [make_cext_sdist("yamlext", v) for v in ("4.0", "4.1")]
+    upstream.add("yamlext", *sdists)
+    client = await make_proxy(projects=("yamlext",))
+    config = configure(tmp_path, client, buildenv, "manylinux_x86_64")
+    config.write_text(config.read_text().replace("[builder]\n", "[builder]\nparallel = 2\n"))
+    environ = builder_env(tmp_path, buildenv)
+    code, out = await builder(config, environ, "run", "--rounds", "1")
+    assert code == 0, out
+    manifest = tmp_path / "proxy" / "wheelhouse" / "yamlext" / "manifest.json"
+    wheels = json.loads(manifest.read_text())["wheels"]
+    assert sorted(w.split("-")[1] for w in wheels) == ["4.0", "4.1"]
+    # Both builds ran at once: each started before the other finished.
+    spans = []
+    for entry in wheels.values():
+        end = datetime.datetime.fromisoformat(entry["origin"]["built_at"]).timestamp()
+        spans.append((end - entry["origin"]["build_seconds"], end))
+    (start_a, end_a), (start_b, end_b) = spans
+    assert start_a < end_b and start_b < end_a, spans
+    state = tmp_path / "proxy" / "work" / "state.json"
+    assert not state.exists() or json.loads(state.read_text())["failures"] == {}
