@@ -8,11 +8,11 @@ version that cibuildwheel found to be pure Python is never built again.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from proxy.atomic import write_atomically
 
 MAX_BACKOFF = 7 * 24 * 3600
 ANY_IDENTIFIER = "*"  # a failure that holds for every identifier of a version
@@ -88,13 +88,4 @@ class BuildState:
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"failures": {k: asdict(v) for k, v in sorted(self.failures.items())}}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".state-")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(doc, fh, indent=2)
-                fh.flush()
-                os.fsync(fh.fileno())
-            Path(tmp).replace(self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(self.path, json.dumps(doc, indent=2).encode())

@@ -30,6 +30,7 @@ from typing import IO, Protocol
 
 from packaging.utils import InvalidName, canonicalize_name
 
+from .atomic import write_atomically
 from .metrics import Metrics
 from .model import API_VERSION
 from .negotiate import PAGE_ACCEPT
@@ -145,7 +146,7 @@ class RootIndex:
     def _switch(self, generation: RootGeneration, previous: RootGeneration | None) -> None:
         """Point `current` at the new generation, then drop all but it and the previous
         one (a request may still be about to open the previous one's files)."""
-        _atomic_write(self._dir / POINTER, generation.folder.name.encode())
+        write_atomically(self._dir / POINTER, generation.folder.name.encode())
         keep = {generation.folder, previous.folder if previous else None}
         for old in self._dir.glob("gen-*"):
             if old not in keep:
@@ -181,19 +182,6 @@ def _log_failure(task: asyncio.Future[RootGeneration]) -> None:
         log.warning("root refresh failed, serving the held copy: %s", task.exception())
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_meta(generation: RootGeneration) -> None:
     meta = {
         "fetched_at": generation.fetched_at,
@@ -202,7 +190,7 @@ def _write_meta(generation: RootGeneration) -> None:
         "serial": generation.serial,
         "count": generation.count,
     }
-    _atomic_write(generation.folder / META_NAME, json.dumps(meta).encode())
+    write_atomically(generation.folder / META_NAME, json.dumps(meta).encode())
 
 
 class _RootWriter:

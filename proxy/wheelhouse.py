@@ -27,15 +27,15 @@ import json
 import os
 import shutil
 import stat
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from packaging.utils import NormalizedName, canonicalize_name
 
+from .atomic import write_atomically
 from .config import Config
 from .filestore import CachedFile, sha256_of
 from .wheelcheck import CheckedWheel, WheelRejected
@@ -104,20 +104,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write_atomically(target: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, fsync, rename over target."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).replace(target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Wheelhouse:
@@ -254,14 +240,14 @@ class Wheelhouse:
                 origin=origin,
             )
 
-            def copy_wheel(fh: Any) -> None:
+            def copy_wheel(fh: BinaryIO) -> None:
                 with open(source, "rb") as src:
                     shutil.copyfileobj(src, fh, 1 << 20)
 
-            _write_atomically(folder / checked.filename, copy_wheel)
-            _write_atomically(
+            write_atomically(folder / checked.filename, copy_wheel)
+            write_atomically(
                 folder / (checked.filename + METADATA_SUFFIX),
-                lambda fh: fh.write(checked.metadata),
+                checked.metadata,
             )
             if sha256_of(folder / checked.filename) != checked.sha256:
                 # The source changed between the check and the copy.
@@ -269,6 +255,6 @@ class Wheelhouse:
             raw["wheels"][checked.filename] = wheel.to_json()
             raw["wheels"] = dict(sorted(raw["wheels"].items()))
             document = json.dumps(raw, indent=2, sort_keys=True).encode() + b"\n"
-            _write_atomically(path, lambda fh: fh.write(document))
+            write_atomically(path, document)
             _fsync_dir(folder)
             return wheel, True
