@@ -16,6 +16,7 @@ from pathlib import Path
 from packaging.utils import NormalizedName
 
 from proxy import USER_AGENT
+from proxy.filestore import sha256_of
 from proxy.model import DistFile, ProjectPage
 from proxy.negotiate import PAGE_ACCEPT
 from proxy.parse import PageFormatError, parse_project
@@ -49,7 +50,7 @@ def download(f: DistFile, folder: Path) -> Path:
     expected = f.hashes.get("sha256")
     if expected is None:
         raise IndexUnavailable(f"{f.filename}: the page gives no sha256 to verify it against")
-    if target.is_file() and _sha256(target) == expected:
+    if target.is_file() and sha256_of(target) == expected:
         return target
     folder.mkdir(parents=True, exist_ok=True)
     request = urllib.request.Request(f.url, headers={"User-Agent": USER_AGENT})
@@ -70,8 +71,3 @@ def download(f: DistFile, folder: Path) -> Path:
         raise IndexUnavailable(f"{f.url}: {getattr(exc, 'reason', exc)}") from None
     finally:
         Path(tmp).unlink(missing_ok=True)
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
