@@ -19,8 +19,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy.app import create_app
 from proxy.config import load_config
+from proxy.server.app import create_app
 from tests.buildenv import load_buildenv
 from tests.cext import make_cext_sdist
 from tests.conftest import BIN, client_env, write_config

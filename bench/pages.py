@@ -439,8 +439,8 @@ async def bench(args: argparse.Namespace) -> int:
 
 def publish_local_wheels(folder: Path, count: int) -> None:
     """Put `count` wheels of versions upstream lacks into the config's wheelhouse."""
-    from proxy.wheelcheck import check_wheel
-    from proxy.wheelhouse import Wheelhouse
+    from proxy.wheelhouse.store import Wheelhouse
+    from proxy.wheelhouse.wheelcheck import check_wheel
     from tests.dists import make_wheel
 
     house = Wheelhouse(folder / "wheelhouse")

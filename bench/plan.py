@@ -19,7 +19,7 @@ from builder.host import Host, known_identifiers
 from builder.plan import Skip, plan
 from builder.state import BuildState
 from proxy.config import load_config
-from proxy.parse import parse_project_json
+from proxy.simple.parse import parse_project_json
 
 VERSIONS = 400
 PYTHONS = ("cp39", "cp310", "cp311", "cp312", "cp313")

@@ -30,10 +30,10 @@ from typing import BinaryIO, TextIO
 from packaging.utils import NormalizedName
 
 from proxy.config import Config
-from proxy.demand import DemandQueue
-from proxy.model import DistFile
-from proxy.wheelcheck import WheelRejected, check_wheel
-from proxy.wheelhouse import Wheelhouse, demand_path
+from proxy.simple.model import DistFile
+from proxy.wheelhouse.demand import DemandQueue
+from proxy.wheelhouse.store import Wheelhouse, demand_path
+from proxy.wheelhouse.wheelcheck import WheelRejected, check_wheel
 
 from .host import known_identifiers
 from .state import ANY_IDENTIFIER, BuildState

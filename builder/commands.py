@@ -17,9 +17,9 @@ from packaging.utils import InvalidName, NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from proxy.config import Config
-from proxy.demand import DemandQueue
-from proxy.model import ProjectPage
-from proxy.wheelhouse import Wheelhouse, demand_path
+from proxy.simple.model import ProjectPage
+from proxy.wheelhouse.demand import DemandQueue
+from proxy.wheelhouse.store import Wheelhouse, demand_path
 
 from .build import Builder
 from .host import Host, detect_host

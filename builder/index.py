@@ -16,10 +16,10 @@ from pathlib import Path
 from packaging.utils import NormalizedName
 
 from proxy import USER_AGENT
-from proxy.filestore import sha256_of
-from proxy.model import DistFile, ProjectPage
-from proxy.negotiate import PAGE_ACCEPT
-from proxy.parse import PageFormatError, parse_project
+from proxy.diskfile import sha256_of
+from proxy.simple.model import DistFile, ProjectPage
+from proxy.simple.negotiate import PAGE_ACCEPT
+from proxy.simple.parse import PageFormatError, parse_project
 
 TIMEOUT = 60
 

@@ -21,8 +21,8 @@ from packaging.utils import InvalidSdistFilename, parse_sdist_filename
 from packaging.version import InvalidVersion, Version
 
 from proxy.config import ProjectConfig
-from proxy.demand import BuildRequest
-from proxy.model import DistFile, ProjectPage
+from proxy.simple.model import DistFile, ProjectPage
+from proxy.wheelhouse.demand import BuildRequest
 
 from .host import Host
 from .state import BuildState

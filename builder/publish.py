@@ -16,8 +16,8 @@ from typing import TextIO
 from packaging.utils import NormalizedName
 
 from proxy.config import Config
-from proxy.wheelcheck import CheckedWheel, WheelRejected, check_wheel
-from proxy.wheelhouse import Wheelhouse
+from proxy.wheelhouse.store import Wheelhouse
+from proxy.wheelhouse.wheelcheck import CheckedWheel, WheelRejected, check_wheel
 
 from .index import IndexUnavailable, fetch_page
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .app import create_app
-from .cli import ArgumentParser
-from .config import Config, ConfigError, load_config
+from proxy.cli import ArgumentParser
+from proxy.config import Config, ConfigError, load_config
+from proxy.server.app import create_app
 
 log = logging.getLogger("pythonbuild.proxy")
 

@@ -12,8 +12,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web import Application, Request
 
-from proxy.app import create_app
 from proxy.config import load_config
+from proxy.server.app import create_app
 from tests.upstream import FixtureUpstream
 
 AiohttpServer = Callable[[Application], Awaitable[TestServer]]

@@ -19,9 +19,9 @@ from urllib.parse import quote
 
 from packaging.utils import canonicalize_name
 
-from proxy.model import DistFile, ProjectPage
-from proxy.parse import parse_project
-from proxy.render import UrlFor, render_project_html, render_project_json
+from proxy.simple.model import DistFile, ProjectPage
+from proxy.simple.parse import parse_project
+from proxy.simple.render import UrlFor, render_project_html, render_project_json
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 GOLDEN = FIXTURES / "golden"

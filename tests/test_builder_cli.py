@@ -9,9 +9,9 @@ from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 
 from proxy.config import load_config
-from proxy.demand import ClientPlatform, DemandQueue
-from proxy.wheelcheck import check_wheel
-from proxy.wheelhouse import Wheelhouse
+from proxy.wheelhouse.demand import ClientPlatform, DemandQueue
+from proxy.wheelhouse.store import Wheelhouse
+from proxy.wheelhouse.wheelcheck import check_wheel
 from tests.conftest import BIN, ProxyFactory, client_env, run
 from tests.dists import make_sdist, make_wheel
 from tests.upstream import FixtureUpstream

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from proxy.demand import (
+from proxy.wheelhouse.demand import (
     MAX_USER_AGENT,
     BuildRequest,
     ClientPlatform,
@@ -466,7 +466,7 @@ def test_concurrent_connections_lose_no_count(db: Path) -> None:
 CHILD = """
 import sys
 from pathlib import Path
-from proxy.demand import ClientPlatform, DemandQueue
+from proxy.wheelhouse.demand import ClientPlatform, DemandQueue
 
 queue = DemandQueue(Path(sys.argv[1]))
 client = ClientPlatform(interpreter="cp312", platform="manylinux_x86_64")

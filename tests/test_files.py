@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 
-from proxy.filestore import FileStore
+from proxy.server.filestore import FileStore
 from tests.conftest import ProxyFactory, ProxyProcess, write_config
 from tests.dists import Dist, make_sdist, make_wheel
 from tests.upstream import FixtureUpstream

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.negotiate import Format, negotiate
+from proxy.simple.negotiate import Format, negotiate
 
 JSON = "application/vnd.pypi.simple.v1+json"
 HTML_V1 = "application/vnd.pypi.simple.v1+html"

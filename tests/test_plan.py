@@ -12,8 +12,8 @@ from builder.host import Host
 from builder.plan import Job, Plan, Skip, plan
 from builder.state import BuildState
 from proxy.config import ProjectConfig, load_config
-from proxy.demand import BuildRequest
-from proxy.model import DistFile, ProjectPage
+from proxy.simple.model import DistFile, ProjectPage
+from proxy.wheelhouse.demand import BuildRequest
 
 NOW = 1_800_000_000.0
 KNOWN = frozenset(

@@ -23,7 +23,7 @@ from aiohttp.web import Application, Request
 
 from builder.build import JOB_LABEL
 from proxy.config import load_config
-from proxy.demand import ClientPlatform, DemandQueue
+from proxy.wheelhouse.demand import ClientPlatform, DemandQueue
 from tests.buildenv import BuildEnv, load_buildenv
 from tests.cext import make_cext_sdist
 from tests.conftest import BIN, ProxyFactory, client_env, run

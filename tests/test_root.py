@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.parse import PageFormatError
-from proxy.rootindex import _JsonNames
+from proxy.server.rootindex import _JsonNames
+from proxy.simple.parse import PageFormatError
 from tests.conftest import ProxyFactory
 from tests.test_pages import JSON_V1, PIP_ACCEPT, anchors
 from tests.upstream import FixtureUpstream

@@ -17,7 +17,7 @@ from packaging.tags import Tag
 from packaging.utils import NormalizedName
 from packaging.version import Version
 
-from proxy.wheelcheck import CheckedWheel, WheelRejected, check_wheel
+from proxy.wheelhouse.wheelcheck import CheckedWheel, WheelRejected, check_wheel
 from tests.dists import make_wheel
 
 FILENAME = "demo_pkg-1.0-py3-none-any.whl"

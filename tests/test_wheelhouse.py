@@ -17,9 +17,9 @@ from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 
 from proxy.config import load_config
-from proxy.demand import DemandQueue
-from proxy.wheelcheck import check_wheel
-from proxy.wheelhouse import Wheelhouse
+from proxy.wheelhouse.demand import DemandQueue
+from proxy.wheelhouse.store import Wheelhouse
+from proxy.wheelhouse.wheelcheck import check_wheel
 from tests.conftest import BIN, ProxyFactory, client_env, run, write_config
 from tests.dists import Dist, make_sdist, make_wheel
 from tests.test_pages import JSON_V1, PIP_ACCEPT, anchors

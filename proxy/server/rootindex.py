@@ -30,13 +30,13 @@ from typing import IO, Protocol
 
 from packaging.utils import InvalidName, canonicalize_name
 
-from .atomic import write_atomically
-from .metrics import Metrics
-from .model import API_VERSION
-from .negotiate import PAGE_ACCEPT
-from .parse import HTML_TYPES, JSON_TYPES, PageFormatError
-from .singleflight import SingleFlight
-from .upstream import Upstream, UpstreamError, Validators
+from proxy.atomic import write_atomically
+from proxy.server.metrics import Metrics
+from proxy.server.singleflight import SingleFlight
+from proxy.server.upstream import Upstream, UpstreamError, Validators
+from proxy.simple.model import API_VERSION
+from proxy.simple.negotiate import PAGE_ACCEPT
+from proxy.simple.parse import HTML_TYPES, JSON_TYPES, PageFormatError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from html.parser import HTMLParser
 from urllib.parse import urldefrag, urljoin
 
-from .model import API_VERSION, DistFile, ProjectPage, is_safe_filename, merge_versions
+from proxy.simple.model import API_VERSION, DistFile, ProjectPage, is_safe_filename, merge_versions
 
 log = logging.getLogger(__name__)
 

@@ -7,17 +7,28 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import fileviews, views
-from .config import Config
-from .demand import DemandQueue
-from .downloads import Downloader
-from .filestore import FileStore
-from .keys import CONFIG, DEMAND, DOWNLOADS, METRICS, PAGES, ROOT, STORE, UPSTREAM, WHEELHOUSE
-from .metrics import Metrics
-from .pagecache import PageCache
-from .rootindex import RootIndex
-from .upstream import Upstream, UpstreamError
-from .wheelhouse import Wheelhouse, demand_path
+from proxy.config import Config
+from proxy.server import fileviews, views
+from proxy.server.downloads import Downloader
+from proxy.server.filestore import FileStore
+from proxy.server.keys import (
+    CONFIG,
+    DEMAND,
+    DOWNLOADS,
+    METRICS,
+    PAGES,
+    ROOT,
+    STORE,
+    UPSTREAM,
+    WHEELHOUSE,
+)
+from proxy.server.metrics import Metrics
+from proxy.server.pagecache import PageCache
+from proxy.server.rootindex import RootIndex
+from proxy.server.upstream import Upstream, UpstreamError
+from proxy.simple.names import InvalidProjectName
+from proxy.wheelhouse.demand import DemandQueue
+from proxy.wheelhouse.store import Wheelhouse, demand_path
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -30,6 +41,8 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     metrics = request.app[METRICS]
     try:
         response = await handler(request)
+    except InvalidProjectName as exc:
+        response = web.Response(status=404, text=f"{exc}\n")
     except UpstreamError as exc:
         # Nothing held and upstream failed: never a 404, never an empty 200.
         response = web.Response(

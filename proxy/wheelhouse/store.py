@@ -35,10 +35,10 @@ from typing import Any, BinaryIO
 
 from packaging.utils import NormalizedName, canonicalize_name
 
-from .atomic import write_atomically
-from .config import Config
-from .filestore import CachedFile, sha256_of
-from .wheelcheck import CheckedWheel, WheelRejected
+from proxy.atomic import write_atomically
+from proxy.config import Config
+from proxy.diskfile import CachedFile, sha256_of
+from proxy.wheelhouse.wheelcheck import CheckedWheel, WheelRejected
 
 MANIFEST = "manifest.json"
 DEMAND = "demand.sqlite"  # build requests: the proxy records, the builder consumes

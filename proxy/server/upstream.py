@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import aiohttp
 from yarl import URL
 
-from . import USER_AGENT
-from .metrics import Metrics
-from .negotiate import PAGE_ACCEPT
+from proxy import USER_AGENT
+from proxy.server.metrics import Metrics
+from proxy.simple.negotiate import PAGE_ACCEPT
 
 MAX_PAGE_BYTES = 256 * 1024 * 1024  # the largest real project pages are tens of MB
 MAX_REDIRECTS = 5

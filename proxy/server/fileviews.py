@@ -22,13 +22,13 @@ from packaging.utils import InvalidSdistFilename, parse_sdist_filename
 from packaging.version import InvalidVersion
 from yarl import URL
 
-from .demand import client_platform
-from .downloads import CHUNK, Download, Source
-from .filestore import CachedFile, is_sha256
-from .keys import CONFIG, DEMAND, DOWNLOADS, METRICS, PAGES, STORE, UPSTREAM, WHEELHOUSE
-from .model import DistFile, is_safe_filename
-from .names import project_name
-from .upstream import UpstreamError, UpstreamTimeout
+from proxy.diskfile import CachedFile, is_sha256
+from proxy.server.downloads import CHUNK, Download, Source
+from proxy.server.keys import CONFIG, DEMAND, DOWNLOADS, METRICS, PAGES, STORE, UPSTREAM, WHEELHOUSE
+from proxy.server.upstream import UpstreamError, UpstreamTimeout
+from proxy.simple.model import DistFile, is_safe_filename
+from proxy.simple.names import project_name
+from proxy.wheelhouse.demand import client_platform
 
 log = logging.getLogger(__name__)
 

@@ -30,14 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proxy.diskfile import CachedFile, is_sha256, sha256_of
+
 log = logging.getLogger(__name__)
 
-HASH_CHUNK = 1 << 20
 ATIME_GRANULARITY_NS = 60 * 10**9  # persist recency at most once a minute per file
-
-
-def is_sha256(value: str) -> bool:
-    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 @dataclass
@@ -65,15 +62,6 @@ class Partial:
     def hash(self, chunk: bytes) -> None:
         self.hasher.update(chunk)
         self.hashed += len(chunk)
-
-
-@dataclass(frozen=True, slots=True)
-class CachedFile:
-    """A verified file, pinned until released."""
-
-    path: Path
-    size: int
-    mtime_ns: int
 
 
 class StoreError(Exception):
@@ -249,18 +237,6 @@ class FileStore:
 
     def __contains__(self, sha256: str) -> bool:
         return sha256 in self._index
-
-
-def sha256_of(path: Path) -> str:
-    """The file's sha256, never through a symlink."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        hasher = hashlib.sha256()
-        while chunk := os.read(fd, HASH_CHUNK):
-            hasher.update(chunk)
-        return hasher.hexdigest()
-    finally:
-        os.close(fd)
 
 
 def _remove(path: Path) -> None:

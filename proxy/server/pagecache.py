@@ -26,12 +26,12 @@ from typing import Any
 
 import diskcache
 
-from .metrics import Metrics
-from .model import ProjectPage
-from .parse import PageFormatError, parse_project, parse_project_json
-from .render import render_project_json
-from .singleflight import SingleFlight
-from .upstream import PageResponse, Upstream, UpstreamError, Validators
+from proxy.server.metrics import Metrics
+from proxy.server.singleflight import SingleFlight
+from proxy.server.upstream import PageResponse, Upstream, UpstreamError, Validators
+from proxy.simple.model import ProjectPage
+from proxy.simple.parse import PageFormatError, parse_project, parse_project_json
+from proxy.simple.render import render_project_json
 
 log = logging.getLogger(__name__)
 

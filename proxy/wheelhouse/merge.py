@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from .model import ORIGIN_KEY, DistFile, ProjectPage, merge_versions
-from .wheelhouse import LocalWheel
+from proxy.simple.model import ORIGIN_KEY, DistFile, ProjectPage, merge_versions
+from proxy.wheelhouse.store import LocalWheel
 
 
 def local_file(wheel: LocalWheel) -> DistFile:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from html import escape
 from typing import Any
 
-from .model import API_VERSION, DistFile, ProjectPage
+from proxy.simple.model import API_VERSION, DistFile, ProjectPage
 
 UrlFor = Callable[[DistFile], str]
 

@@ -20,9 +20,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .filestore import FileStore, Partial, StoreError
-from .metrics import Metrics
-from .upstream import Upstream, UpstreamError
+from proxy.server.filestore import FileStore, Partial, StoreError
+from proxy.server.metrics import Metrics
+from proxy.server.upstream import Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,14 @@ from urllib.parse import quote
 from aiohttp import web
 from packaging.utils import NormalizedName, canonicalize_name
 
-from .keys import CONFIG, METRICS, PAGES, ROOT, UPSTREAM, WHEELHOUSE
-from .merge import merge
-from .model import DistFile, ProjectPage
-from .names import project_name
-from .negotiate import Format, negotiate
-from .pagecache import PageResult
-from .render import render_project_html, render_project_json
-from .upstream import UpstreamError
+from proxy.server.keys import CONFIG, METRICS, PAGES, ROOT, UPSTREAM, WHEELHOUSE
+from proxy.server.pagecache import PageResult
+from proxy.server.upstream import UpstreamError
+from proxy.simple.model import DistFile, ProjectPage
+from proxy.simple.names import project_name
+from proxy.simple.negotiate import Format, negotiate
+from proxy.simple.render import render_project_html, render_project_json
+from proxy.wheelhouse.merge import merge
 
 
 def _with_query(request: web.Request, path: str) -> str:

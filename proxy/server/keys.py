@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .config import Config
-from .demand import DemandQueue
-from .downloads import Downloader
-from .filestore import FileStore
-from .metrics import Metrics
-from .pagecache import PageCache
-from .rootindex import RootIndex
-from .upstream import Upstream
-from .wheelhouse import Wheelhouse
+from proxy.config import Config
+from proxy.server.downloads import Downloader
+from proxy.server.filestore import FileStore
+from proxy.server.metrics import Metrics
+from proxy.server.pagecache import PageCache
+from proxy.server.rootindex import RootIndex
+from proxy.server.upstream import Upstream
+from proxy.wheelhouse.demand import DemandQueue
+from proxy.wheelhouse.store import Wheelhouse
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
