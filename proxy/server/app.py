@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from proxy.config import Config
 from proxy.server import fileviews, views
 from proxy.server.downloads import Downloader
+from proxy.server.errors import (
+    FileNotListed,
+    FileUnavailable,
+    NotAcceptable,
+    ProjectNotFound,
+    Redirect,
+)
 from proxy.server.filestore import FileStore
 from proxy.server.keys import (
     CONFIG,
@@ -24,13 +32,55 @@ from proxy.server.keys import (
 )
 from proxy.server.metrics import Metrics
 from proxy.server.pagecache import PageCache
+from proxy.server.pages import Pages
 from proxy.server.rootindex import RootIndex
-from proxy.server.upstream import Upstream, UpstreamError
+from proxy.server.upstream import Upstream, UpstreamError, UpstreamTimeout
 from proxy.simple.names import InvalidProjectName
 from proxy.wheelhouse.demand import DemandQueue
 from proxy.wheelhouse.store import Wheelhouse, demand_path
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Answer = Callable[[Any], web.Response]
+
+
+def _text(status: int, **headers: str) -> Answer:
+    """An answer whose body is the error's own message, one line."""
+
+    def answer(exc: Exception) -> web.Response:
+        return web.Response(status=status, text=f"{exc}\n", headers=headers)
+
+    return answer
+
+
+def _redirect(exc: Redirect) -> web.Response:
+    return web.Response(
+        status=301 if exc.permanent else 307,
+        headers={"Location": exc.location},
+        text=f"see {exc.location}\n",
+    )
+
+
+# The one place a domain error becomes a status. Looked up along the exception's
+# MRO, so a subclass (UpstreamTimeout) may have its own row before its base's.
+ERRORS: dict[type[Exception], Answer] = {
+    InvalidProjectName: _text(404),
+    ProjectNotFound: _text(404, Vary="Accept"),
+    FileNotListed: _text(404),
+    NotAcceptable: _text(406, Vary="Accept"),
+    Redirect: _redirect,
+    # Nothing held and upstream failed: never a 404, never an empty 200.
+    UpstreamTimeout: _text(504, **{"Cache-Control": "no-store"}),
+    UpstreamError: _text(502, **{"Cache-Control": "no-store"}),
+    FileUnavailable: _text(502, **{"Cache-Control": "no-store"}),
+}
+
+
+def answer_for(exc: Exception) -> web.Response | None:
+    for kind in type(exc).__mro__:
+        answer = ERRORS.get(kind)
+        if answer is not None:
+            return answer(exc)
+    return None
 
 
 @web.middleware
@@ -41,21 +91,15 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     metrics = request.app[METRICS]
     try:
         response = await handler(request)
-    except InvalidProjectName as exc:
-        response = web.Response(status=404, text=f"{exc}\n")
-    except UpstreamError as exc:
-        # Nothing held and upstream failed: never a 404, never an empty 200.
-        response = web.Response(
-            status=exc.http_status,
-            text=f"upstream unavailable: {exc.kind}\n",
-            headers={"Cache-Control": "no-store"},
-        )
-    except web.HTTPException as exc:
+    except web.HTTPException as exc:  # aiohttp's own: no route, method not allowed
         metrics.requests.inc(route=route, status=str(exc.status))
         raise
-    except Exception:
-        metrics.requests.inc(route=route, status="500")  # a bug: aiohttp answers 500
-        raise
+    except Exception as exc:
+        answer = answer_for(exc)
+        if answer is None:
+            metrics.requests.inc(route=route, status="500")  # a bug: aiohttp answers 500
+            raise
+        response = answer
     metrics.requests.inc(route=route, status=str(response.status))
     return response
 
@@ -66,13 +110,16 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     await upstream.start()
     app[UPSTREAM] = upstream
     cache_dir = config.proxy.cache_dir
-    pages = PageCache(
+    wheelhouse = Wheelhouse(config.wheelhouse.path)
+    app[WHEELHOUSE] = wheelhouse
+    page_cache = PageCache(
         cache_dir / "pages",
         upstream,
         app[METRICS],
         ttl=config.proxy.page_ttl,
         negative_ttl=config.proxy.negative_ttl,
     )
+    pages = Pages(config, page_cache, wheelhouse, upstream)
     app[PAGES] = pages
     root = RootIndex(cache_dir / "root", upstream, app[METRICS], ttl=config.proxy.root_ttl)
     await root.open()
@@ -87,7 +134,6 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     downloads = Downloader(store, upstream, metrics)
     app[DOWNLOADS] = downloads
-    app[WHEELHOUSE] = Wheelhouse(config.wheelhouse.path)
     config.wheelhouse.path.mkdir(parents=True, exist_ok=True)
     demand = await asyncio.to_thread(DemandQueue, demand_path(config))
     app[DEMAND] = demand
