@@ -1,4 +1,5 @@
-"""`pythonbuild-proxy --config PATH`: serve until SIGTERM or SIGINT."""
+"""`pythonbuild-proxy --config PATH [COMMAND]`: serve until SIGTERM or SIGINT (no command),
+or manage the API tokens (`token create|list|revoke`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from proxy import tokencli
 from proxy.cli import ArgumentParser
 from proxy.config import Config, ConfigError, load_config
 from proxy.server.app import create_app
@@ -41,12 +43,16 @@ def main(argv: list[str] | None = None) -> int:
         prog="pythonbuild-proxy", description="Serve the Simple Repository API."
     )
     parser.add_argument("--config", required=True, type=Path, help="path to config.ini")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    tokencli.add_parser(commands)
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"pythonbuild-proxy: {exc}", file=sys.stderr)
         return 2
+    if args.command == "token":
+        return tokencli.run(config, args, sys.stdout, sys.stderr)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
