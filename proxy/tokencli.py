@@ -38,8 +38,8 @@ def run(config: Config, args: argparse.Namespace, out: TextIO, err: TextIO) -> i
             print(f"revoked {args.name}", file=err)
     except TokenError as exc:
         print(f"pythonbuild-proxy: {exc}", file=err)
-        return 1
+        return 2
     except OSError as exc:
         print(f"pythonbuild-proxy: {exc.filename or tokens.path}: {exc.strerror}", file=err)
-        return 1
+        return 2
     return 0

@@ -70,7 +70,7 @@ def test_revoke_forgets_and_errors_are_one_line(tmp_path: Path) -> None:
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     _cli(config, "create", "ci")
     done = _cli(config, "create", "ci")  # a name is one token: revoke first
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "exists" in done.stderr
 
 
