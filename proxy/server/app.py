@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
 from proxy.config import Config
-from proxy.server import fileviews, views
+from proxy.server import fileviews, uploadviews, views
+from proxy.server.auth import Forbidden, Unauthenticated
 from proxy.server.downloads import Downloader
 from proxy.server.errors import (
     FileNotListed,
@@ -19,14 +20,18 @@ from proxy.server.errors import (
     Redirect,
 )
 from proxy.server.filestore import FileStore
+from proxy.server.intake import Conflict, Intake, Refused, Staging, TooLarge
 from proxy.server.keys import (
     CONFIG,
     DEMAND,
     DOWNLOADS,
+    INTAKE,
     METRICS,
     PAGES,
     ROOT,
+    STAGING,
     STORE,
+    TOKENS,
     UPSTREAM,
     WHEELHOUSE,
 )
@@ -38,12 +43,13 @@ from proxy.server.upstream import Upstream, UpstreamError, UpstreamTimeout
 from proxy.simple.names import InvalidProjectName
 from proxy.wheelhouse.demand import DemandQueue
 from proxy.wheelhouse.store import Wheelhouse, demand_path
+from proxy.wheelhouse.tokens import TokenStore
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Answer = Callable[[Any], web.Response]
 
 
-def _text(status: int, **headers: str) -> Answer:
+def _text(status: int, headers: Mapping[str, str] | None = None) -> Answer:
     """An answer whose body is the error's own message, one line."""
 
     def answer(exc: Exception) -> web.Response:
@@ -60,18 +66,44 @@ def _redirect(exc: Redirect) -> web.Response:
     )
 
 
+def _refusal(
+    status: int, headers: Mapping[str, str] | None = None, *, close: bool = False
+) -> Answer:
+    """One line of text, also as the status line's reason: twine shows only the reason.
+    With `close`, whatever the client is still sending is not read: the connection closes
+    instead of draining it."""
+
+    def answer(exc: Exception) -> web.Response:
+        line = str(exc).replace("\r", " ").replace("\n", " ")
+        reason = line.encode("ascii", "replace").decode()[:200]
+        response = web.Response(status=status, reason=reason, text=f"{line}\n", headers=headers)
+        if close:
+            response.force_close()
+        return response
+
+    return answer
+
+
+NO_STORE = {"Cache-Control": "no-store"}
+
 # The one place a domain error becomes a status. Looked up along the exception's
 # MRO, so a subclass (UpstreamTimeout) may have its own row before its base's.
 ERRORS: dict[type[Exception], Answer] = {
     InvalidProjectName: _text(404),
-    ProjectNotFound: _text(404, Vary="Accept"),
+    ProjectNotFound: _text(404, {"Vary": "Accept"}),
     FileNotListed: _text(404),
-    NotAcceptable: _text(406, Vary="Accept"),
+    NotAcceptable: _text(406, {"Vary": "Accept"}),
     Redirect: _redirect,
     # Nothing held and upstream failed: never a 404, never an empty 200.
-    UpstreamTimeout: _text(504, **{"Cache-Control": "no-store"}),
-    UpstreamError: _text(502, **{"Cache-Control": "no-store"}),
-    FileUnavailable: _text(502, **{"Cache-Control": "no-store"}),
+    UpstreamTimeout: _text(504, NO_STORE),
+    UpstreamError: _text(502, NO_STORE),
+    FileUnavailable: _text(502, NO_STORE),
+    # Uploads.
+    Unauthenticated: _refusal(401, {"WWW-Authenticate": 'Basic realm="pythonbuild"'}),
+    Forbidden: _refusal(403),
+    Refused: _refusal(400),
+    Conflict: _refusal(409),
+    TooLarge: _refusal(413, close=True),
 }
 
 
@@ -135,6 +167,13 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     downloads = Downloader(store, upstream, metrics)
     app[DOWNLOADS] = downloads
     config.wheelhouse.path.mkdir(parents=True, exist_ok=True)
+    tokens = TokenStore(config.wheelhouse.path)
+    await asyncio.to_thread(tokens.reload)
+    app[TOKENS] = tokens
+    staging = Staging(config.wheelhouse.path)
+    await asyncio.to_thread(staging.clean)
+    app[STAGING] = staging
+    app[INTAKE] = Intake(config, wheelhouse, pages)
     demand = await asyncio.to_thread(DemandQueue, demand_path(config))
     app[DEMAND] = demand
     try:
@@ -159,4 +198,5 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/simple/{project}", views.add_slash)
     app.router.add_get("/simple/{project}/", views.project_page)
     app.router.add_get("/files/{project}/{filename}", fileviews.project_file)
+    app.router.add_post("/upload/", uploadviews.upload)
     return app
