@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -29,6 +30,8 @@ from proxy.server.upstream import Upstream, UpstreamError
 from proxy.simple.names import InvalidProjectName
 from proxy.wheelhouse.demand import DemandQueue
 from proxy.wheelhouse.store import Wheelhouse, demand_path
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -87,7 +90,13 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     downloads = Downloader(store, upstream, metrics)
     app[DOWNLOADS] = downloads
-    app[WHEELHOUSE] = Wheelhouse(config.wheelhouse.path)
+
+    def wheelhouse_damage(kind: str, message: str) -> None:
+        # A page still goes out with upstream's files and whatever local wheels could be read.
+        log.warning("local wheels not served: %s", message)
+        metrics.wheelhouse_errors.inc(kind=kind)
+
+    app[WHEELHOUSE] = Wheelhouse(config.wheelhouse.path, on_damage=wheelhouse_damage)
     config.wheelhouse.path.mkdir(parents=True, exist_ok=True)
     demand = await asyncio.to_thread(DemandQueue, demand_path(config))
     app[DEMAND] = demand
