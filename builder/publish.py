@@ -8,15 +8,17 @@ PyPI filenames are immutable, and clients and lockfiles key on them).
 
 from __future__ import annotations
 
+import functools
 import getpass
-from collections.abc import Iterable
+from collections.abc import Callable, Container, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from packaging.utils import NormalizedName
 
 from proxy.config import Config
-from proxy.wheelhouse.store import Wheelhouse, WheelhouseDamaged
+from proxy.wheelhouse.store import LocalWheel, Wheelhouse
 from proxy.wheelhouse.wheelcheck import CheckedWheel, WheelRejected, check_wheel
 
 from .index import IndexUnavailable, fetch_page
@@ -31,17 +33,60 @@ def upstream_filenames(config: Config, project: NormalizedName) -> frozenset[str
     return frozenset(f.filename for f in page.files) if page is not None else frozenset()
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Published:
+    checked: CheckedWheel
+    wheel: LocalWheel
+    new: bool  # False: the identical file was already published
+
+
+def publish_checked(
+    *,
+    wheelhouse: Wheelhouse,
+    path: Path,
+    supported: Container[NormalizedName],
+    upstream_files: Callable[[NormalizedName], frozenset[str]],
+    origin: Mapping[str, Any],
+    expect: tuple[NormalizedName, str] | None = None,
+) -> Published:
+    """Every check a wheel passes before it lands, then publish it; or raise WheelRejected.
+
+    `publish` and the builds both come through here. `upstream_files(project)` is asked
+    only once the wheel is known sound and supported; `expect` is the (project, version) a
+    build was for.
+    """
+    if not path.is_file():
+        raise WheelRejected("no such file")
+    checked = check_wheel(path)
+    if checked.name not in supported:
+        raise WheelRejected(
+            f"project {checked.name} is not supported (no [project:{checked.name}])"
+        )
+    if expect is not None and (checked.name, str(checked.version)) != expect:
+        raise WheelRejected(f"built {checked.name} {checked.version}, not {expect[0]} {expect[1]}")
+    if checked.filename in upstream_files(checked.name):
+        raise WheelRejected(
+            "upstream already has this filename; a local wheel never shadows an upstream file"
+        )
+    wheel, new = wheelhouse.publish(checked, path, origin)
+    return Published(checked=checked, wheel=wheel, new=new)
+
+
 def publish(config: Config, paths: Iterable[Path], out: TextIO, err: TextIO) -> int:
     """Publish each wheel that passes every check; one line per wheel; 1 if any failed."""
     wheelhouse = Wheelhouse(config.wheelhouse.path)
-    upstream: dict[NormalizedName, frozenset[str]] = {}
+    upstream = functools.cache(functools.partial(upstream_filenames, config))
     failed = 0
     for path in paths:
         try:
-            checked = _check(config, path, upstream)
-            origin = {"kind": "published", "by": getpass.getuser(), "file": str(path.resolve())}
-            wheel, new = wheelhouse.publish(checked, path, origin)
-        except (WheelRejected, WheelhouseDamaged) as exc:
+            done = publish_checked(
+                wheelhouse=wheelhouse,
+                path=path,
+                supported=config.projects,
+                upstream_files=upstream,
+                origin={"kind": "published", "by": getpass.getuser(), "file": str(path.resolve())},
+            )
+        except WheelRejected as exc:
             print(f"pythonbuild-builder: rejected {path.name}: {exc}", file=err)
             failed += 1
             continue
@@ -49,29 +94,12 @@ def publish(config: Config, paths: Iterable[Path], out: TextIO, err: TextIO) -> 
             print(f"pythonbuild-builder: rejected {path.name}: {exc.strerror or exc}", file=err)
             failed += 1
             continue
-        verb = "published" if new else "already published"
-        print(f"{verb} {wheel.filename} ({checked.name}, sha256 {wheel.sha256[:12]})", file=out)
+        verb = "published" if done.new else "already published"
+        print(
+            f"{verb} {done.wheel.filename} ({done.checked.name}, sha256 {done.wheel.sha256[:12]})",
+            file=out,
+        )
     return 1 if failed else 0
-
-
-def _check(
-    config: Config, path: Path, upstream: dict[NormalizedName, frozenset[str]]
-) -> CheckedWheel:
-    if not path.is_file():
-        raise WheelRejected("no such file")
-    checked = check_wheel(path)
-    if not config.is_supported(checked.name):
-        raise WheelRejected(
-            f"project {checked.name} is not supported (no [project:{checked.name}] in "
-            f"{config.path.name})"
-        )
-    if checked.name not in upstream:
-        upstream[checked.name] = upstream_filenames(config, checked.name)
-    if checked.filename in upstream[checked.name]:
-        raise WheelRejected(
-            "upstream already has this filename; a local wheel never shadows an upstream file"
-        )
-    return checked
 
 
 def list_wheels(config: Config, project: NormalizedName | None, out: TextIO, err: TextIO) -> int:

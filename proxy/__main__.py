@@ -1,20 +1,114 @@
-"""`pythonbuild-proxy --config PATH`: serve until SIGTERM or SIGINT."""
+"""`pythonbuild-proxy --config PATH [COMMAND]`: serve (the default), or an operator command.
+
+Every command is one function of (config, args) returning the exit code; an error the
+operator must fix is one line on stderr and exit code 2.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import errno
 import logging
+import os
 import signal
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
 
+from proxy import tokencli
 from proxy.cli import ArgumentParser
 from proxy.config import Config, ConfigError, load_config
 from proxy.server.app import create_app
 
 log = logging.getLogger("pythonbuild.proxy")
+PROG = "pythonbuild-proxy"
+
+Command = Callable[[Config, argparse.Namespace], int]
+
+
+class UnusableFolder(Exception):
+    """A folder the proxy must write to cannot be used; the message is one line."""
+
+
+def _parser() -> tuple[ArgumentParser, dict[str, Command]]:
+    parser = ArgumentParser(prog=PROG, description="Serve the Simple Repository API.")
+    parser.add_argument("--config", required=True, type=Path, help="path to config.ini")
+    # Without a command, the proxy serves: the README's one-line start keeps working.
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    handlers: dict[str, Command] = {}
+    commands.add_parser("serve", help="serve until SIGTERM or SIGINT (the default)")
+    handlers["serve"] = cmd_serve
+    tokencli.add_parser(commands)
+    handlers["token"] = cmd_token
+    return parser, handlers
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, handlers = _parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    return handlers[args.command or "serve"](config, args)
+
+
+def cmd_token(config: Config, args: argparse.Namespace) -> int:
+    return tokencli.run(config, args, sys.stdout, sys.stderr)
+
+
+# -- serve ------------------------------------------------------------------------------
+
+
+def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    try:
+        check_folders(config)
+    except UnusableFolder as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        # A port in use, a folder that broke after the check: one line, not a traceback.
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def check_folders(config: Config) -> None:
+    """Fail before serving, in one line, when a folder the proxy writes to is unusable.
+
+    Started anyway, the app would fail inside its start-up with a traceback and leaked
+    resources; the operator needs the folder's name and the reason.
+    """
+    cache = config.proxy.cache_dir
+    for what, folder in (
+        ("cache_dir", cache),
+        # The folders the app keeps under cache_dir (proxy/server/app.py).
+        *(("cache_dir", cache / sub) for sub in ("pages", "root", "files")),
+        ("[wheelhouse] path", config.wheelhouse.path),
+    ):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not folder.is_dir():
+                raise OSError(errno.ENOTDIR, "not a folder")
+            # access() answers for the real uid and misses read-only mounts: try it.
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe-")
+            os.close(fd)
+            Path(probe).unlink()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if isinstance(exc, FileExistsError) or exc.errno == errno.ENOTDIR:
+                reason = "a file is in the way, not a folder"
+            raise UnusableFolder(f"{what} {folder} is unusable: {reason}") from None
 
 
 async def serve(config: Config) -> None:
@@ -34,29 +128,6 @@ async def serve(config: Config) -> None:
         log.info("shutting down")
     finally:
         await runner.cleanup()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(
-        prog="pythonbuild-proxy", description="Serve the Simple Repository API."
-    )
-    parser.add_argument("--config", required=True, type=Path, help="path to config.ini")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"pythonbuild-proxy: {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        asyncio.run(serve(config))
-    except OSError as exc:
-        # A port in use, an unwritable cache folder: one line, not a traceback.
-        print(f"pythonbuild-proxy: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from __future__ import annotations
 import configparser
 import math
 import re
+import shlex
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,8 @@ _KNOWN_OPTIONS = {
             "upstream_timeout",
             "unsupported",
             "cache_max_size",
+            "max_upload_size",
+            "lease_timeout",
         }
     ),
     "wheelhouse": frozenset({"path"}),
@@ -64,6 +68,7 @@ _KNOWN_OPTIONS = {
             "proxy_url",
             "retry_backoff",
             "poll_interval",
+            "cibuildwheel",
             *(f"{p}_image" for p in PLATFORMS),
         }
     )
@@ -88,6 +93,8 @@ class ProxyConfig:
     upstream_timeout: float
     unsupported: Literal["proxy", "redirect"]
     cache_max_size: int | None  # bytes of distribution files kept; None: no cap
+    max_upload_size: int  # bytes of one POST /upload/ body
+    lease_timeout: float  # seconds a build host keeps a job without a heartbeat
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -131,6 +138,9 @@ class BuilderConfig:
     proxy_url: URL  # the index build dependencies (and sdists) come through
     retry_backoff: float  # seconds before the first retry of a failed build; doubles
     poll_interval: float  # seconds `run` sleeps between rounds
+    # The cibuildwheel command (the builder appends --platform, --output-dir and the sdist);
+    # default: this interpreter running `-m cibuildwheel`.
+    cibuildwheel: tuple[str, ...]
     defaults: BuildOptions
 
 
@@ -215,6 +225,8 @@ def _build(path: Path, parser: configparser.ConfigParser) -> Config:
         upstream_timeout=reader.seconds("proxy", "upstream_timeout", 30, minimum=0.001),
         unsupported="redirect" if unsupported == "redirect" else "proxy",
         cache_max_size=reader.size("proxy", "cache_max_size"),
+        max_upload_size=reader.size("proxy", "max_upload_size") or 512 * _UNITS["M"],
+        lease_timeout=reader.seconds("proxy", "lease_timeout", 600, minimum=1),
     )
     wheelhouse = WheelhouseConfig(path=base / reader.get("wheelhouse", "path", "var/wheelhouse"))
     return Config(
@@ -278,6 +290,9 @@ def _builder(base: Path, reader: _Reader) -> BuilderConfig:
         proxy_url=reader.upstream("builder", "proxy_url", "http://127.0.0.1:8080/simple/"),
         retry_backoff=reader.seconds("builder", "retry_backoff", 3600),
         poll_interval=reader.seconds("builder", "poll_interval", 300, minimum=0.01),
+        cibuildwheel=reader.command(
+            "builder", "cibuildwheel", (sys.executable, "-m", "cibuildwheel")
+        ),
         defaults=_build_options(reader, "builder", None),
     )
 
@@ -304,6 +319,16 @@ class _Reader:
         if not value:
             raise self._fail(section, option, "must not be empty")
         return value
+
+    def command(self, section: str, option: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """A command line, split as a POSIX shell would (no expansion)."""
+        if not self._parser.has_option(section, option):
+            return default
+        raw = self.get(section, option, "")
+        try:
+            return tuple(shlex.split(raw))
+        except ValueError as exc:
+            raise self._fail(section, option, f"cannot split {raw!r}: {exc}") from None
 
     def seconds(self, section: str, option: str, default: float, minimum: float = 0) -> float:
         raw = self.get(section, option, str(default))

@@ -93,8 +93,12 @@ FILE_MODE = 0o644
 DIR_MODE = 0o755
 
 
-class WheelhouseDamaged(Exception):
-    """A project's folder or manifest cannot be trusted: str(exc) is one line."""
+class WheelhouseDamaged(WheelRejected):
+    """A project's folder or manifest cannot be trusted: str(exc) is one line.
+
+    A WheelRejected too: no wheel can be published into that project until it is repaired,
+    and every publisher (the CLI, the builds, uploads) reports it as it reports a rejection.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +111,10 @@ class Manifest:
     damaged: str | None = None
     # Listed wheels left out because their file cannot be read, one line each.
     skipped: tuple[str, ...] = ()
+
+
+class FilenameTaken(WheelRejected):
+    """The wheelhouse holds this filename with other bytes: filenames are immutable."""
 
 
 def demand_path(config: Config) -> Path:
@@ -382,7 +390,7 @@ class Wheelhouse:
             if held is not None:
                 if held["sha256"] == checked.sha256:
                     return LocalWheel.from_json(checked.filename, held), False
-                raise WheelRejected(
+                raise FilenameTaken(
                     f"{checked.filename}: already published with other bytes "
                     f"(sha256 {held['sha256'][:12]}...); filenames are immutable"
                 )

@@ -1,0 +1,81 @@
+"""`pythonbuild-proxy` as the operator runs it: a real subprocess, its exit code, its lines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import BIN, write_config
+from tests.upstream import FixtureUpstream
+
+
+async def _run(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(BIN / "pythonbuild-proxy"),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.parametrize("in_the_way", ["cache", "cache/files", "cache/pages", "wheelhouse"])
+async def test_a_file_where_a_folder_should_be_is_one_line_and_exit_2(
+    upstream: FixtureUpstream, tmp_path: Path, in_the_way: str
+) -> None:
+    config = write_config(tmp_path, upstream.url)
+    blocker = tmp_path / in_the_way
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a folder")
+    code, out, err = await _run("--config", str(config))
+    assert code == 2
+    assert out == ""
+    [line] = err.splitlines()
+    assert line.startswith("pythonbuild-proxy: ")
+    assert str(blocker) in line and "not a folder" in line
+
+
+async def test_an_unknown_command_is_one_line_and_exit_2(
+    upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    code, _, err = await _run("--config", str(write_config(tmp_path, upstream.url)), "bogus")
+    assert code == 2
+    [line] = err.splitlines()
+    assert "invalid choice: 'bogus'" in line
+
+
+async def test_serve_is_the_default_command_and_has_an_explicit_alias(
+    upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, upstream.url)
+    for command in ([], ["serve"]):
+        proc = await asyncio.create_subprocess_exec(
+            str(BIN / "pythonbuild-proxy"),
+            "--config",
+            str(config),
+            *command,
+            env={**os.environ, "NO_PROXY": "127.0.0.1,localhost"},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert b"listening on" in line, line
+            url = line.decode().split()[-1]
+            health = url.replace("/simple/", "/health")
+            async with aiohttp.ClientSession() as session, session.get(health) as r:
+                assert r.status == 200
+                assert (await r.json())["status"] == "ok"
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
