@@ -65,14 +65,23 @@ def publish(config: Config, paths: Iterable[Path], out: TextIO, err: TextIO) -> 
     return 1 if failed else 0
 
 
-def list_wheels(config: Config, project: NormalizedName | None, out: TextIO) -> int:
+def list_wheels(config: Config, project: NormalizedName | None, out: TextIO, err: TextIO) -> int:
+    """One line per wheel; 1 if a project's manifest is damaged (one line saying so)."""
     wheelhouse = Wheelhouse(config.wheelhouse.path)
     projects = [project] if project is not None else wheelhouse.projects()
+    failed = 0
     for name in projects:
-        for wheel in wheelhouse.manifest(name).wheels.values():
+        manifest = wheelhouse.manifest(name)
+        if manifest.damaged is not None:
+            print(f"pythonbuild-builder: {manifest.damaged}", file=err)
+            failed += 1
+        for skipped in manifest.skipped:
+            print(f"pythonbuild-builder: {skipped}", file=err)
+            failed += 1
+        for wheel in manifest.wheels.values():
             kind = wheel.origin.get("kind", "?")
             print(
                 f"{name}  {wheel.filename}  {wheel.size} bytes  {kind}  {wheel.published_at}",
                 file=out,
             )
-    return 0
+    return 1 if failed else 0
