@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from proxy.buildplan.tags import Identifier, installs_on
 from proxy.wheelhouse.wheelcheck import WheelRejected
 
 from .invocation import CibwOptions, GroupRun, Recipe, compose
 from .process import Process, remove_containers
-from .tags import Identifier, installs_on
 
 # cibuildwheel's exit codes that say something plain (cibuildwheel/errors.py).
 _EXIT_REASONS = {

@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .tags import Identifier
+from proxy.buildplan.tags import Identifier
 
 # `uname -m` names, as the Linux platform tags spell them.
 _LINUX_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}

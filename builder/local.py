@@ -13,6 +13,7 @@ from typing import Any
 
 from packaging.utils import NormalizedName, canonicalize_name
 
+from proxy.buildplan.tags import Identifier
 from proxy.config import Config
 from proxy.wheelhouse.demand import DemandQueue
 from proxy.wheelhouse.store import Wheelhouse, demand_path
@@ -20,7 +21,6 @@ from proxy.wheelhouse.store import Wheelhouse, demand_path
 from .build import BuildFailure, VersionJob
 from .publish import publish_checked
 from .state import ANY_IDENTIFIER, BuildState
-from .tags import Identifier
 
 
 class LocalResults:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -44,6 +45,8 @@ from proxy.simple.names import InvalidProjectName
 from proxy.wheelhouse.demand import DemandQueue
 from proxy.wheelhouse.store import Wheelhouse, demand_path
 from proxy.wheelhouse.tokens import TokenStore
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Answer = Callable[[Any], web.Response]
@@ -142,7 +145,14 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     await upstream.start()
     app[UPSTREAM] = upstream
     cache_dir = config.proxy.cache_dir
-    wheelhouse = Wheelhouse(config.wheelhouse.path)
+    metrics = app[METRICS]
+
+    def wheelhouse_damage(kind: str, message: str) -> None:
+        # A page still goes out with upstream's files and whatever local wheels could be read.
+        log.warning("local wheels not served: %s", message)
+        metrics.wheelhouse_errors.inc(kind=kind)
+
+    wheelhouse = Wheelhouse(config.wheelhouse.path, on_damage=wheelhouse_damage)
     app[WHEELHOUSE] = wheelhouse
     page_cache = PageCache(
         cache_dir / "pages",
@@ -156,7 +166,6 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     root = RootIndex(cache_dir / "root", upstream, app[METRICS], ttl=config.proxy.root_ttl)
     await root.open()
     app[ROOT] = root
-    metrics = app[METRICS]
     store = FileStore(
         cache_dir / "files",
         config.proxy.cache_max_size,
