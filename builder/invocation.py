@@ -17,8 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from proxy.config import BuilderConfig, BuildOptions
-
-from .tags import Identifier
+from proxy.platforms import Identifier
 
 JOB_LABEL = "pythonbuild.job"
 

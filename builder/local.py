@@ -14,13 +14,13 @@ from typing import Any
 from packaging.utils import NormalizedName, canonicalize_name
 
 from proxy.config import Config
+from proxy.platforms import Identifier
 from proxy.wheelhouse.demand import DemandQueue
 from proxy.wheelhouse.store import Wheelhouse, demand_path
 
 from .build import BuildFailure, VersionJob
 from .publish import publish_checked
 from .state import ANY_IDENTIFIER, BuildState
-from .tags import Identifier
 
 
 class LocalResults:
