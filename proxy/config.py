@@ -38,6 +38,8 @@ _KNOWN_OPTIONS = {
             "upstream_timeout",
             "unsupported",
             "cache_max_size",
+            "max_upload_size",
+            "lease_timeout",
         }
     ),
     "wheelhouse": frozenset({"path"}),
@@ -75,6 +77,8 @@ class ProxyConfig:
     upstream_timeout: float
     unsupported: Literal["proxy", "redirect"]
     cache_max_size: int | None  # bytes of distribution files kept; None: no cap
+    max_upload_size: int  # bytes of one POST /upload/ body
+    lease_timeout: float  # seconds a build host keeps a job without a heartbeat
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -205,6 +209,8 @@ def _build(path: Path, parser: configparser.ConfigParser) -> Config:
         upstream_timeout=reader.seconds("proxy", "upstream_timeout", 30, minimum=0.001),
         unsupported="redirect" if unsupported == "redirect" else "proxy",
         cache_max_size=reader.size("proxy", "cache_max_size"),
+        max_upload_size=reader.size("proxy", "max_upload_size") or 512 * _UNITS["M"],
+        lease_timeout=reader.seconds("proxy", "lease_timeout", 600, minimum=1),
     )
     wheelhouse = WheelhouseConfig(path=base / reader.get("wheelhouse", "path", "var/wheelhouse"))
     return Config(

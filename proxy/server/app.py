@@ -8,17 +8,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from proxy.config import Config
-from proxy.server import fileviews, views
+from proxy.server import fileviews, uploadviews, views
+from proxy.server.auth import Forbidden, Unauthenticated
 from proxy.server.downloads import Downloader
 from proxy.server.filestore import FileStore
+from proxy.server.intake import Conflict, Intake, Refused, Staging, TooLarge
 from proxy.server.keys import (
     CONFIG,
     DEMAND,
     DOWNLOADS,
+    INTAKE,
     METRICS,
     PAGES,
     ROOT,
+    STAGING,
     STORE,
+    TOKENS,
     UPSTREAM,
     WHEELHOUSE,
 )
@@ -29,6 +34,7 @@ from proxy.server.upstream import Upstream, UpstreamError
 from proxy.simple.names import InvalidProjectName
 from proxy.wheelhouse.demand import DemandQueue
 from proxy.wheelhouse.store import Wheelhouse, demand_path
+from proxy.wheelhouse.tokens import TokenStore
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -50,6 +56,18 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
             text=f"upstream unavailable: {exc.kind}\n",
             headers={"Cache-Control": "no-store"},
         )
+    except Unauthenticated as exc:
+        response = _refusal(401, exc, {"WWW-Authenticate": 'Basic realm="pythonbuild"'})
+    except Forbidden as exc:
+        response = _refusal(403, exc)
+    except Refused as exc:
+        response = _refusal(400, exc)
+    except Conflict as exc:
+        response = _refusal(409, exc)
+    except TooLarge as exc:
+        response = _refusal(413, exc)
+        # Whatever the client is still sending is not read: close instead of draining it.
+        response.force_close()
     except web.HTTPException as exc:
         metrics.requests.inc(route=route, status=str(exc.status))
         raise
@@ -58,6 +76,13 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     metrics.requests.inc(route=route, status=str(response.status))
     return response
+
+
+def _refusal(status: int, exc: Exception, headers: dict[str, str] | None = None) -> web.Response:
+    """One line of text, also as the status line's reason: twine shows only the reason."""
+    line = str(exc).replace("\r", " ").replace("\n", " ")
+    reason = line.encode("ascii", "replace").decode()[:200]
+    return web.Response(status=status, reason=reason, text=f"{line}\n", headers=headers)
 
 
 async def _state(app: web.Application) -> AsyncIterator[None]:
@@ -87,8 +112,16 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     downloads = Downloader(store, upstream, metrics)
     app[DOWNLOADS] = downloads
-    app[WHEELHOUSE] = Wheelhouse(config.wheelhouse.path)
+    wheelhouse = Wheelhouse(config.wheelhouse.path)
+    app[WHEELHOUSE] = wheelhouse
     config.wheelhouse.path.mkdir(parents=True, exist_ok=True)
+    tokens = TokenStore(config.wheelhouse.path)
+    await asyncio.to_thread(tokens.reload)
+    app[TOKENS] = tokens
+    staging = Staging(config.wheelhouse.path)
+    await asyncio.to_thread(staging.clean)
+    app[STAGING] = staging
+    app[INTAKE] = Intake(config, wheelhouse, pages)
     demand = await asyncio.to_thread(DemandQueue, demand_path(config))
     app[DEMAND] = demand
     try:
@@ -113,4 +146,5 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/simple/{project}", views.add_slash)
     app.router.add_get("/simple/{project}/", views.project_page)
     app.router.add_get("/files/{project}/{filename}", fileviews.project_file)
+    app.router.add_post("/upload/", uploadviews.upload)
     return app

@@ -7,12 +7,14 @@ from aiohttp import web
 from proxy.config import Config
 from proxy.server.downloads import Downloader
 from proxy.server.filestore import FileStore
+from proxy.server.intake import Intake, Staging
 from proxy.server.metrics import Metrics
 from proxy.server.pagecache import PageCache
 from proxy.server.rootindex import RootIndex
 from proxy.server.upstream import Upstream
 from proxy.wheelhouse.demand import DemandQueue
 from proxy.wheelhouse.store import Wheelhouse
+from proxy.wheelhouse.tokens import TokenStore
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
@@ -23,3 +25,6 @@ STORE = web.AppKey("store", FileStore)
 DOWNLOADS = web.AppKey("downloads", Downloader)
 WHEELHOUSE = web.AppKey("wheelhouse", Wheelhouse)
 DEMAND = web.AppKey("demand", DemandQueue)
+TOKENS = web.AppKey("tokens", TokenStore)
+STAGING = web.AppKey("staging", Staging)
+INTAKE = web.AppKey("intake", Intake)

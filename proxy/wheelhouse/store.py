@@ -89,6 +89,10 @@ class Manifest:
     signature: Signature | None  # None when the project has no manifest
 
 
+class FilenameTaken(WheelRejected):
+    """The wheelhouse holds this filename with other bytes: filenames are immutable."""
+
+
 def demand_path(config: Config) -> Path:
     """Where the proxy records build requests and the builder reads them."""
     return config.wheelhouse.path / DEMAND
@@ -224,7 +228,7 @@ class Wheelhouse:
             if held is not None:
                 if held["sha256"] == checked.sha256:
                     return LocalWheel.from_json(checked.filename, held), False
-                raise WheelRejected(
+                raise FilenameTaken(
                     f"{checked.filename}: already published with other bytes "
                     f"(sha256 {held['sha256'][:12]}...); filenames are immutable"
                 )
