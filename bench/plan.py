@@ -16,8 +16,8 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 
 from builder.host import Host, Known
-from builder.plan import Skip, plan
 from builder.state import BuildState
+from proxy.buildplan.plan import Skip, plan
 from proxy.config import load_config
 from proxy.simple.parse import parse_project_json
 

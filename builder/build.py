@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from proxy.buildplan.tags import installs_on
 from proxy.platforms import Identifier
 from proxy.wheelhouse.wheelcheck import WheelRejected
 
 from .invocation import CibwOptions, GroupRun, Recipe, compose
 from .process import Process, remove_containers
-from .tags import installs_on
 
 # cibuildwheel's exit codes that say something plain (cibuildwheel/errors.py).
 _EXIT_REASONS = {

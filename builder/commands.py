@@ -17,6 +17,7 @@ from typing import Any, Protocol, TextIO
 from packaging.utils import InvalidName, NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from proxy.buildplan.plan import Job, Plan, Skip, Skipped, plan, sdist_of
 from proxy.config import Config
 from proxy.platforms import Identifier
 from proxy.simple.model import DistFile, ProjectPage
@@ -28,7 +29,6 @@ from .host import Host, detect_host
 from .index import IndexUnavailable, download, fetch_page
 from .invocation import CibwOptions, Recipe
 from .local import LocalResults
-from .plan import Job, Plan, Skip, Skipped, plan, sdist_of
 from .state import BuildState
 
 

@@ -9,8 +9,8 @@ import pytest
 from packaging.utils import canonicalize_name
 
 from builder.host import Host, Known
-from builder.plan import Job, Plan, Skip, plan
 from builder.state import BuildState
+from proxy.buildplan.plan import Job, Plan, Skip, plan
 from proxy.config import ProjectConfig, load_config
 from proxy.simple.model import DistFile, ProjectPage
 from proxy.wheelhouse.demand import BuildRequest

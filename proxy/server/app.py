@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -35,6 +36,8 @@ from proxy.simple.names import InvalidProjectName
 from proxy.wheelhouse.demand import DemandQueue
 from proxy.wheelhouse.store import Wheelhouse, demand_path
 from proxy.wheelhouse.tokens import TokenStore
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -112,7 +115,13 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     downloads = Downloader(store, upstream, metrics)
     app[DOWNLOADS] = downloads
-    wheelhouse = Wheelhouse(config.wheelhouse.path)
+
+    def wheelhouse_damage(kind: str, message: str) -> None:
+        # A page still goes out with upstream's files and whatever local wheels could be read.
+        log.warning("local wheels not served: %s", message)
+        metrics.wheelhouse_errors.inc(kind=kind)
+
+    wheelhouse = Wheelhouse(config.wheelhouse.path, on_damage=wheelhouse_damage)
     app[WHEELHOUSE] = wheelhouse
     config.wheelhouse.path.mkdir(parents=True, exist_ok=True)
     tokens = TokenStore(config.wheelhouse.path)

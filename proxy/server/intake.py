@@ -20,10 +20,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from packaging.utils import NormalizedName
+
 from proxy.config import Config
 from proxy.server.pagecache import PageCache
-from proxy.wheelhouse.intake import FilenameTaken, UpstreamHasFilename, admit, check
-from proxy.wheelhouse.store import LocalWheel, Wheelhouse
+from proxy.wheelhouse.intake import FilenameTaken, Published, UpstreamHasFilename, admit, check
+from proxy.wheelhouse.store import Wheelhouse
 from proxy.wheelhouse.wheelcheck import WheelRejected
 
 STAGING = ".staging"
@@ -92,14 +94,19 @@ class Intake:
         self._wheelhouse = wheelhouse
         self._pages = pages
 
-    async def publish(self, path: Path, origin: Mapping[str, Any]) -> tuple[LocalWheel, bool]:
+    async def publish(
+        self,
+        path: Path,
+        origin: Mapping[str, Any],
+        expect: tuple[NormalizedName, str] | None = None,
+    ) -> Published:
         """Check and publish the staged wheel at `path` (named as the client named it).
 
         Raises Refused or Conflict; UpstreamError when upstream cannot be asked whether it
         has the filename and no copy of its page is held.
         """
         try:
-            checked = await asyncio.to_thread(check, self._config, path)
+            checked = await asyncio.to_thread(check, path, self._config.projects, expect)
         except WheelRejected as exc:
             raise Refused(str(exc)) from None
         page = (await self._pages.get(checked.name)).entry.page

@@ -100,6 +100,11 @@ class Metrics:
             "pythonbuild_file_verification_failures_total",
             "Files not kept or thrown away: size or hash mismatch, failed fetch, corrupt on disk.",
         )
+        self.wheelhouse_errors = Counter(
+            "pythonbuild_wheelhouse_errors_total",
+            "Local wheels left out of a page: manifest (damaged, unreadable or symlinked: "
+            "all of the project's), wheel (one file unreadable).",
+        )
         self.file_fetch_seconds = Histogram(
             "pythonbuild_file_fetch_seconds", "Duration of whole upstream file downloads."
         )
@@ -120,6 +125,7 @@ class Metrics:
             self.file_cache,
             self.file_bytes,
             self.file_failures,
+            self.wheelhouse_errors,
             self.upstream_latency,
             self.file_fetch_seconds,
         )

@@ -118,11 +118,11 @@ async def upload(request: web.Request) -> web.StreamResponse:
             "at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         _check_form_names(fields, filename)
-        wheel, new = await request.app[INTAKE].publish(spool.path, origin)
+        published = await request.app[INTAKE].publish(spool.path, origin)
     finally:
         await asyncio.to_thread(shutil.rmtree, folder, True)
-    verb = "published" if new else "already published"
-    return web.Response(text=f"{verb} {wheel.filename}\n")
+    verb = "published" if published.new else "already published"
+    return web.Response(text=f"{verb} {published.wheel.filename}\n")
 
 
 def _check_form_names(fields: dict[str, str], filename: str) -> None:

@@ -10,6 +10,7 @@ No aiohttp here, so the builder can import it.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -21,6 +22,8 @@ from typing import Any
 from packaging.utils import canonicalize_name
 
 from .useragent import MAX_USER_AGENT, ClientPlatform, client_platform
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MAX_USER_AGENT", "BuildRequest", "ClientPlatform", "DemandQueue", "client_platform"]
 
@@ -76,29 +79,55 @@ class DemandQueue:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._conn = self._open(path)
+        except sqlite3.DatabaseError as exc:
+            # Overwritten, truncated, or not SQLite at all. Demand is only hints for the
+            # builder: losing it must not stop the proxy, so the file is kept aside for a
+            # look and a new queue starts. (OperationalError, "locked" or "unable to
+            # open", is not damage and still raises.)
+            if isinstance(exc, sqlite3.OperationalError):
+                raise
+            aside = _move_aside(path)
+            log.warning(
+                "demand database %s is damaged (%s): moved to %s, starting empty",
+                path,
+                exc,
+                aside.name,
+            )
+            self._conn = self._open(path)
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
         # One connection behind a lock rather than one per thread: asyncio.to_thread runs us on
         # a pool of threads that come and go, and thread-local connections could neither be
         # counted nor closed by close() (sqlite3 refuses to close a connection from another
         # thread unless check_same_thread=False anyway). The lock costs nothing that SQLite's
         # single writer does not already cost.
         # isolation_level=None: the module opens no hidden transactions; _write() says BEGIN.
-        self._conn = sqlite3.connect(
+        conn = sqlite3.connect(
             path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
-        self._lock = threading.Lock()
         try:
-            with self._lock:
-                # WAL: the builder's reads do not block the proxy's writes, nor the other way.
-                # Persistent in the file; a no-op once set.
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                # In WAL mode NORMAL keeps the file consistent through kill -9 and power loss;
-                # power loss may drop the last commits, which for demand hints is fine, and it
-                # saves an fsync per request.
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-                self._conn.execute(_SCHEMA)
+            # WAL: the builder's reads do not block the proxy's writes, nor the other way.
+            # Persistent in the file; a no-op once set.
+            conn.execute("PRAGMA journal_mode=WAL")
+            # In WAL mode NORMAL keeps the file consistent through kill -9 and power loss;
+            # power loss may drop the last commits, which for demand hints is fine, and it
+            # saves an fsync per request.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(_SCHEMA)
+            # A file with a sound header and damaged pages opens fine and fails later, on
+            # some request; the queue is small, so look at every page once now.
+            (verdict,) = conn.execute("PRAGMA quick_check").fetchone()
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {verdict}")
         except BaseException:
-            self._conn.close()
+            conn.close()
             raise
+        return conn
 
     def record(
         self, project: str, version: str, client: ClientPlatform, now: float | None = None
@@ -159,6 +188,17 @@ class DemandQueue:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename the database and its WAL files out of the way; the new name of the main one."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            source.replace(aside.with_name(aside.name + suffix))
+    return aside
 
 
 def _request(row: tuple[Any, ...]) -> BuildRequest:
