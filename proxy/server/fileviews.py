@@ -97,7 +97,7 @@ async def project_file(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text="no such file\n")
     supported = request.app[CONFIG].is_supported(name)
     try:
-        page = (await request.app[PAGES].get(name)).entry.page
+        page = await request.app[PAGES].listing(name)
     except UpstreamError:
         if not supported:
             raise
