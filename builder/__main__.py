@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         except InvalidName:
             print(f"pythonbuild-builder: {args.project!r} is not a project name", file=sys.stderr)
             return 2
-    return list_wheels(config, project, sys.stdout)
+    return list_wheels(config, project, sys.stdout, sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,57 +1,68 @@
-"""Build wheels for one project version with cibuildwheel, test them, publish them.
+"""Build wheels for one project version with cibuildwheel and hand each one on.
 
-cibuildwheel runs as a subprocess on the verified sdist; the matrix reaches it
-only through CIBW_* environment variables, never by editing the project's own
-pyproject.toml. One run per (OS, arch) group of identifiers; each run's full
-output goes to its own log file, and a failure is classified from that log.
-Every wheel that comes out passes the same checks as `publish` and is
-published with where it came from; a filename upstream already has is refused.
+One cibuildwheel run per (OS, arch) group of identifiers (builder/invocation.py
+composes it, builder/process.py runs it); each run's full output goes to its own
+log file, and a failure is classified from that log. Where the wheels go and where
+failures are kept is the `Results` passed in: locally, the wheelhouse and the
+build state (builder/local.py); a remote build host hands them to the proxy.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import re
-import shlex
 import shutil
-import signal
-import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import Any, Protocol, TextIO
 
-from packaging.utils import NormalizedName
+from proxy.buildplan.tags import installs_on
+from proxy.platforms import Identifier
+from proxy.wheelhouse.wheelcheck import WheelRejected
 
-from proxy.config import Config
-from proxy.simple.model import DistFile
-from proxy.wheelhouse.demand import DemandQueue
-from proxy.wheelhouse.store import Wheelhouse, demand_path
-from proxy.wheelhouse.wheelcheck import WheelRejected, check_wheel
+from .invocation import CibwOptions, GroupRun, Recipe, compose
+from .process import Process, remove_containers
 
-from .host import known_identifiers
-from .state import ANY_IDENTIFIER, BuildState
-from .tags import Identifier, installs_on
-
-JOB_LABEL = "pythonbuild.job"
 # cibuildwheel's exit codes that say something plain (cibuildwheel/errors.py).
 _EXIT_REASONS = {
     3: ("unsupported interpreter", "cibuildwheel matched nothing to build"),
     5: ("pure Python", "the project builds a pure-Python wheel: nothing to build per platform"),
 }
+PURE_PYTHON_EXIT = 5  # holds for every identifier of the version: never built again
+_VERSION_LINE = re.compile(r"cibuildwheel version (\S+)")
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True, slots=True)
+class VersionJob:
+    """What to build: some identifiers of one project version, from its verified sdist."""
+
+    project: str
+    version: str
+    sdist: Path
+    sdist_sha256: str
+    identifiers: tuple[str, ...]
+    recipe: Recipe = field(default_factory=Recipe)
+    upstream_files: frozenset[str] = frozenset()  # a wheel by one of these names is refused
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BuildFailure:
+    kind: str  # compiler error, missing system library, timeout, test failed, rejected, ...
+    detail: str  # one line
+    log: Path
+    permanent: bool = False  # building this version again would change nothing
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Outcome:
     identifier: str
-    wheel: str | None = None  # the published filename
-    failure: str | None = None  # kind: detail
+    wheel: str | None = None  # the delivered filename
+    failure: str | None = None  # "kind: detail"
     log: Path | None = None
 
 
@@ -64,21 +75,18 @@ class BuildReport:
         return all(o.failure is None for o in self.outcomes)
 
 
-def default_test_command(project: str) -> str:
-    """Import the wheel's top-level modules (top_level.txt, else its RECORD).
+class Results(Protocol):
+    """Where a build's wheels and failures go (the wheelhouse here, the proxy from afar)."""
 
-    No braces: cibuildwheel expands {project}/{package} placeholders in it.
-    """
-    code = (
-        "import importlib, importlib.metadata as md; "
-        f"d = md.distribution('{project}'); "
-        "names = (d.read_text('top_level.txt') or '').split() or sorted(set("
-        "p.parts[0].split('.')[0] for p in (d.files or ()) "
-        "if not p.parts[0].endswith(('.dist-info', '.data', '.libs')) "
-        "and (len(p.parts) > 1 or p.suffix in ('.py', '.so', '.pyd')))); "
-        "[importlib.import_module(n) for n in names]; print('imported', *names)"
-    )
-    return f'python -c "{code}"'
+    def deliver(
+        self, job: VersionJob, identifier: str, wheel: Path, origin: Mapping[str, Any]
+    ) -> str:
+        """Hand on a built wheel; its published filename. Raise WheelRejected to refuse it."""
+        ...
+
+    def failed(self, job: VersionJob, identifier: str, failure: BuildFailure) -> None:
+        """Keep a failure (not called for a cancelled build)."""
+        ...
 
 
 def classify(log_text: str, returncode: int | None) -> tuple[str, str]:
@@ -104,310 +112,171 @@ def classify(log_text: str, returncode: int | None) -> tuple[str, str]:
     return "build failed", (errors[-1][:200] if errors else f"cibuildwheel exited {returncode}")
 
 
-def _container_engine(configured: str, job: str) -> str:
-    """The configured engine, with a label on every container so a stop can find them."""
-    name, _, rest = configured.partition(";")
-    create_args = ""
-    match = re.search(r"create_args:\s*(.*)", rest)
-    if match:
-        create_args = match.group(1).strip()
-    return f"{name.strip()}; create_args: --label {JOB_LABEL}={job} {create_args}".rstrip()
-
-
-def remove_containers(configured_engine: str, job: str) -> None:
-    """Stop and remove what a cancelled build left running (its label finds them)."""
-    engine = configured_engine.split(";", 1)[0].strip()
-    if shutil.which(engine) is None:
-        return
-    listed = subprocess.run(
-        [engine, "ps", "-aq", "--filter", f"label={JOB_LABEL}={job}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    ids = listed.stdout.split()
-    if ids:
-        subprocess.run([engine, "rm", "-f", *ids], capture_output=True, timeout=120, check=False)
+def group_runs(identifiers: tuple[str, ...]) -> list[tuple[Identifier, ...]]:
+    """The identifiers split into one group per (OS, arch), in the order first named."""
+    groups: dict[tuple[str, str], list[Identifier]] = {}
+    for raw in identifiers:
+        identifier = Identifier.parse(raw)
+        groups.setdefault((identifier.os, identifier.arch), []).append(identifier)
+    return [tuple(members) for members in groups.values()]
 
 
 class Builder:
-    """Runs builds for one config; `stop()` (from a signal) cancels the current one."""
+    """Runs one cibuildwheel process at a time; `stop()` (from a signal) cancels it."""
 
     def __init__(
         self,
-        config: Config,
-        out: TextIO = sys.stdout,
         *,
+        options: CibwOptions,
+        work_dir: Path,
+        build_timeout: float,
+        results: Results,
+        base_env: Mapping[str, str] | None = None,
+        out: TextIO = sys.stdout,
         live: bool = False,
-        state: BuildState | None = None,
     ) -> None:
-        self.config = config
+        self.options = options
+        self.work = work_dir
+        self.build_timeout = build_timeout
+        self.results = results
+        self.base_env = dict(os.environ if base_env is None else base_env)
         self.out = out
         self.live = live  # echo cibuildwheel's output as well as logging it
-        self.work = config.builder.work_dir
-        self.state = state if state is not None else BuildState(self.work)
-        self.wheelhouse = Wheelhouse(config.wheelhouse.path)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._job: str | None = None
-        self._stopping = threading.Event()
+        self._process = Process()
 
     def say(self, line: str) -> None:
         print(line, file=self.out, flush=True)
 
     def stop(self) -> None:
-        """Cancel the running build: its process group, then its containers."""
-        self._stopping.set()
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+        """Cancel the running build (its process group, then its containers) and the rest."""
+        self._process.stop()
 
     @property
     def stopping(self) -> bool:
-        return self._stopping.is_set()
+        return self._process.stopping
 
-    def build(
-        self,
-        project: NormalizedName,
-        version: str,
-        sdist: Path,
-        sdist_file: DistFile,
-        identifiers: Iterable[str],
-        upstream_files: frozenset[str],
-    ) -> BuildReport:
+    def build(self, job: VersionJob) -> BuildReport:
         report = BuildReport()
-        groups: dict[tuple[str, str], list[Identifier]] = {}
-        for raw in identifiers:
-            identifier = Identifier.parse(raw)
-            groups.setdefault((identifier.os, identifier.arch), []).append(identifier)
-        total = sum(len(g) for g in groups.values())
+        groups = group_runs(job.identifiers)
+        total = sum(len(g) for g in groups)
         done = 0
-        for (system, arch), members in groups.items():
+        for members in groups:
             if self.stopping:
                 break
             names = " ".join(str(i) for i in members)
-            self.say(f"[{done + 1}-{done + len(members)}/{total}] {project} {version}: {names}")
-            outcomes = self._run_group(
-                project, version, sdist, sdist_file, system, arch, members, upstream_files
+            self.say(
+                f"[{done + 1}-{done + len(members)}/{total}] {job.project} {job.version}: {names}"
             )
-            for outcome in outcomes:
+            for outcome in self._run_group(job, members):
                 status = (
                     f"published {outcome.wheel}" if outcome.wheel else f"failed: {outcome.failure}"
                 )
                 self.say(f"  {outcome.identifier}: {status} (log {outcome.log})")
-            report.outcomes.extend(outcomes)
+                report.outcomes.append(outcome)
             done += len(members)
         return report
 
-    def _run_group(
-        self,
-        project: NormalizedName,
-        version: str,
-        sdist: Path,
-        sdist_file: DistFile,
-        system: str,
-        arch: str,
-        members: list[Identifier],
-        upstream_files: frozenset[str],
-    ) -> list[Outcome]:
-        job = uuid.uuid4().hex[:12]
+    def _run_group(self, job: VersionJob, members: tuple[Identifier, ...]) -> list[Outcome]:
+        label = uuid.uuid4().hex[:12]
+        first = members[0]
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-        log_path = self.work / "logs" / project / version / f"{system}-{arch}-{stamp}-{job}.log"
+        log_path = (
+            self.work
+            / "logs"
+            / job.project
+            / job.version
+            / f"{first.os}-{first.arch}-{stamp}-{label}.log"
+        )
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.work / "staging" / job
+        staging = self.work / "staging" / label
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        started = time.monotonic()
-        returncode = self._cibuildwheel(
-            project, sdist, system, arch, members, staging, log_path, job
+        run = GroupRun(
+            project=job.project,
+            sdist=job.sdist,
+            identifiers=members,
+            recipe=job.recipe,
+            output_dir=staging,
+            label=label,
         )
-        seconds = time.monotonic() - started
-        outcomes: list[Outcome] = []
+        invocation = compose(self.base_env, run, self.options)
+        started = time.monotonic()
         try:
+            try:
+                returncode = self._process.run(
+                    invocation, log_path, self.build_timeout, self.out if self.live else None
+                )
+            finally:
+                if run.os == "linux":
+                    remove_containers(self.options.container_engine, label, dict(invocation.env))
+            seconds = time.monotonic() - started
             if self.stopping:
                 # Cancelled, not failed: no backoff, the next start builds it again.
-                return [Outcome(str(i), failure="cancelled", log=log_path) for i in members]
+                return [
+                    Outcome(identifier=str(i), failure="cancelled", log=log_path) for i in members
+                ]
+            log_text = log_path.read_text(errors="replace")
             if returncode != 0:
-                kind, detail = classify(log_path.read_text(errors="replace"), returncode)
-                permanent = returncode == 5
-                for identifier in members:
-                    key = ANY_IDENTIFIER if permanent else str(identifier)
-                    self.state.record_failure(
-                        project,
-                        version,
-                        key,
-                        now=time.time(),
-                        kind=kind,
-                        detail=detail,
-                        log=log_path,
-                        permanent=permanent,
-                    )
-                    outcomes.append(
-                        Outcome(str(identifier), failure=f"{kind}: {detail}", log=log_path)
-                    )
-                return outcomes
-            wheels = sorted(staging.glob("*.whl"))
-            for identifier in members:
-                outcomes.append(
-                    self._publish(
-                        project,
-                        version,
-                        identifier,
-                        wheels,
-                        sdist,
-                        sdist_file,
-                        upstream_files,
-                        log_path,
-                        seconds,
-                    )
+                kind, detail = classify(log_text, returncode)
+                failure = BuildFailure(
+                    kind=kind, detail=detail, log=log_path, permanent=returncode == PURE_PYTHON_EXIT
                 )
-            return outcomes
+                return [self._failed(job, str(i), failure) for i in members]
+            found = _VERSION_LINE.search(log_text)
+            engine = f"cibuildwheel {found.group(1) if found else '(version unknown)'}"
+            wheels = sorted(staging.glob("*.whl"))
+            return [
+                self._deliver(
+                    job,
+                    identifier,
+                    wheels,
+                    log_path,
+                    {
+                        "kind": "built",
+                        "engine": engine,
+                        "identifier": str(identifier),
+                        "image": self.options.images.get(
+                            identifier.platform, "cibuildwheel default"
+                        ),
+                        "sdist": job.sdist.name,
+                        "sdist_sha256": job.sdist_sha256,
+                        "built_at": datetime.datetime.now(datetime.UTC).isoformat(),
+                        "build_seconds": round(seconds, 1),
+                        "test": "passed",  # cibuildwheel fails the build when the test fails
+                        "log": str(log_path),
+                    },
+                )
+                for identifier in members
+            ]
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _cibuildwheel(
-        self,
-        project: NormalizedName,
-        sdist: Path,
-        system: str,
-        arch: str,
-        members: list[Identifier],
-        staging: Path,
-        log_path: Path,
-        job: str,
-    ) -> int | None:
-        options = self.config.projects[project].build
-        builder = self.config.builder
-        environment = f"PIP_INDEX_URL={shlex.quote(str(builder.proxy_url))} {options.environment}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CIBW_")}
-        env.update(
-            CIBW_BUILD=" ".join(str(i) for i in members),
-            CIBW_ARCHS=arch,
-            CIBW_ENVIRONMENT=environment.strip(),
-            CIBW_CONTAINER_ENGINE=_container_engine(builder.container_engine, job),
-            CIBW_TEST_COMMAND=options.test_command or default_test_command(project),
-            CIBW_BUILD_VERBOSITY="1",
+    def _failed(self, job: VersionJob, identifier: str, failure: BuildFailure) -> Outcome:
+        self.results.failed(job, identifier, failure)
+        return Outcome(
+            identifier=identifier, failure=f"{failure.kind}: {failure.detail}", log=failure.log
         )
-        if options.before_build:
-            env["CIBW_BEFORE_BUILD"] = options.before_build
-        for identifier in members:
-            image = builder.images.get(identifier.platform)
-            if image:
-                family = identifier.platform.split("_", 1)[0].upper()
-                env[f"CIBW_{family}_{identifier.arch.upper()}_IMAGE"] = image
-        platform_name = {"linux": "linux", "macos": "macos", "windows": "windows"}[system]
-        command = [
-            sys.executable,
-            "-m",
-            "cibuildwheel",
-            "--platform",
-            platform_name,
-            "--output-dir",
-            str(staging),
-            str(sdist),
-        ]
-        with open(log_path, "wb") as log:
-            header = f"# {shlex.join(command)}\n" + "".join(
-                f"# {k}={v}\n" for k, v in sorted(env.items()) if k.startswith("CIBW_")
-            )
-            log.write(header.encode())
-            log.flush()
-            self._proc = subprocess.Popen(
-                command,
-                stdout=subprocess.PIPE if self.live else log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-            tee = None
-            if self.live:
-                tee = threading.Thread(target=self._tee, args=(self._proc, log), daemon=True)
-                tee.start()
-            try:
-                code = self._proc.wait(timeout=builder.build_timeout)
-                if tee is not None:
-                    tee.join()
-                return code
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self._proc.pid, signal.SIGKILL)
-                self._proc.wait()
-                return None
-            finally:
-                self._proc = None
-                remove_containers(builder.container_engine, job)
 
-    def _tee(self, proc: subprocess.Popen[bytes], log: BinaryIO) -> None:
-        """cibuildwheel's output to its log and, live, to the terminal."""
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            self.out.write(line.decode(errors="replace"))
-            self.out.flush()
-
-    def _publish(
+    def _deliver(
         self,
-        project: NormalizedName,
-        version: str,
+        job: VersionJob,
         identifier: Identifier,
         wheels: list[Path],
-        sdist: Path,
-        sdist_file: DistFile,
-        upstream_files: frozenset[str],
         log_path: Path,
-        seconds: float,
+        origin: Mapping[str, Any],
     ) -> Outcome:
         mine = [w for w in wheels if installs_on(w.name, identifier)]
         if not mine:
-            kind, detail = "build failed", "cibuildwheel produced no wheel for it"
-            self.state.record_failure(
-                project,
-                version,
-                str(identifier),
-                now=time.time(),
-                kind=kind,
-                detail=detail,
-                log=log_path,
+            failure = BuildFailure(
+                kind="build failed", detail="cibuildwheel produced no wheel for it", log=log_path
             )
-            return Outcome(str(identifier), failure=f"{kind}: {detail}", log=log_path)
+            return self._failed(job, str(identifier), failure)
         wheel = mine[0]
         try:
-            if wheel.name in upstream_files:
+            if wheel.name in job.upstream_files:
                 raise WheelRejected("upstream already has this filename; never shadowed")
-            checked = check_wheel(wheel)
-            if checked.name != project or str(checked.version) != version:
-                raise WheelRejected(
-                    f"built {checked.name} {checked.version}, not {project} {version}"
-                )
-            version_used, _ = known_identifiers()
-            origin = {
-                "kind": "built",
-                "engine": f"cibuildwheel {version_used}",
-                "identifier": str(identifier),
-                "image": self.config.builder.images.get(
-                    identifier.platform, "cibuildwheel default"
-                ),
-                "sdist": sdist.name,
-                "sdist_sha256": sdist_file.hashes.get("sha256", ""),
-                "built_at": datetime.datetime.now(datetime.UTC).isoformat(),
-                "build_seconds": round(seconds, 1),
-                "test": "passed",  # cibuildwheel fails the build when the test command fails
-                "log": str(log_path),
-            }
-            self.wheelhouse.publish(checked, wheel, origin)
+            published = self.results.deliver(job, str(identifier), wheel, origin)
         except WheelRejected as exc:
-            self.state.record_failure(
-                project,
-                version,
-                str(identifier),
-                now=time.time(),
-                kind="rejected",
-                detail=str(exc),
-                log=log_path,
-            )
-            return Outcome(str(identifier), failure=f"rejected: {exc}", log=log_path)
-        self.state.clear(project, version, str(identifier))
-        with DemandQueue(demand_path(self.config)) as queue:
-            queue.remove(project, version, identifier.python, identifier.platform)
-        return Outcome(str(identifier), wheel=wheel.name, log=log_path)
+            failure = BuildFailure(kind="rejected", detail=str(exc), log=log_path)
+            return self._failed(job, str(identifier), failure)
+        return Outcome(identifier=str(identifier), wheel=published, log=log_path)

@@ -8,23 +8,27 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TextIO
+from pathlib import Path
+from typing import Any, Protocol, TextIO
 
 from packaging.utils import InvalidName, NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from proxy.buildplan.plan import Job, Plan, Skip, Skipped, plan, sdist_of
 from proxy.config import Config
-from proxy.simple.model import ProjectPage
+from proxy.platforms import Identifier
+from proxy.simple.model import DistFile, ProjectPage
 from proxy.wheelhouse.demand import DemandQueue
 from proxy.wheelhouse.store import Wheelhouse, demand_path
 
-from .build import Builder
+from .build import Builder, Results, VersionJob
 from .host import Host, detect_host
 from .index import IndexUnavailable, download, fetch_page
-from .plan import Job, Plan, Skip, Skipped, plan, sdist_of
+from .invocation import CibwOptions, Recipe
+from .local import LocalResults
 from .state import BuildState
 
 
@@ -56,7 +60,7 @@ def plan_projects(
     config: Config, only: str | None, host: Host | None = None, now: float | None = None
 ) -> Iterator[ProjectPlan]:
     """Each supported project's plan, from its page as the proxy serves it."""
-    host = host or detect_host(config.builder.container_engine)
+    host = host or detect_host(config.builder.container_engine, config.builder.cibuildwheel)
     state = BuildState(config.builder.work_dir)
     wheelhouse = Wheelhouse(config.wheelhouse.path)
     with DemandQueue(demand_path(config)) as queue:
@@ -131,22 +135,90 @@ def parse_requirement(text: str) -> tuple[NormalizedName, str]:
         raise CommandError(f"{text!r} is not PROJECT==VERSION") from None
 
 
-def build_version(
-    config: Config, builder: Builder, pp: ProjectPlan, version: str, identifiers: list[str]
-) -> bool:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PlannedVersion:
+    """Jobs of one project version, as a job source hands them out (before the sdist is here)."""
+
+    project: NormalizedName
+    version: str
+    identifiers: tuple[str, ...]
+    sdist_file: DistFile  # url and sha256: fetched and verified on the build host
+    recipe: Recipe
+    upstream_files: frozenset[str]
+
+
+class JobSource(Protocol):
+    """Where a `run` round's jobs come from: the local plan here, the proxy from afar."""
+
+    def round(self) -> Iterable[PlannedVersion]:
+        """This round's jobs; CommandError when they cannot be known now."""
+        ...
+
+
+def planned_version(
+    config: Config, pp: ProjectPlan, version: str, identifiers: Iterable[str]
+) -> PlannedVersion:
     sdist_file = sdist_of(pp.page, version)
     if sdist_file is None:
         raise CommandError(f"{pp.project} {version}: upstream has no sdist")
+    return PlannedVersion(
+        project=pp.project,
+        version=version,
+        identifiers=tuple(identifiers),
+        sdist_file=sdist_file,
+        recipe=Recipe.of(config.projects[pp.project].build),
+        upstream_files=pp.upstream_files,
+    )
+
+
+class LocalPlan:
+    """The jobs this host's own plan gives, one PlannedVersion per version."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def round(self) -> Iterable[PlannedVersion]:
+        for pp in plan_projects(self.config, None):
+            for version, identifiers in _by_version(pp.plan.jobs).items():
+                yield planned_version(self.config, pp, version, identifiers)
+
+
+def build_version(work_dir: Path, builder: Builder, planned: PlannedVersion) -> bool:
+    """Fetch and verify the sdist, then build; whether every identifier was delivered."""
     try:
-        sdist = download(sdist_file, config.builder.work_dir / "sdists" / pp.project)
+        sdist = download(planned.sdist_file, work_dir / "sdists" / planned.project)
     except IndexUnavailable as exc:
         raise CommandError(f"cannot fetch the sdist: {exc}") from None
-    report = builder.build(pp.project, version, sdist, sdist_file, identifiers, pp.upstream_files)
-    return report.ok
+    job = VersionJob(
+        project=planned.project,
+        version=planned.version,
+        sdist=sdist,
+        sdist_sha256=planned.sdist_file.hashes.get("sha256", ""),
+        identifiers=planned.identifiers,
+        recipe=planned.recipe,
+        upstream_files=planned.upstream_files,
+    )
+    return builder.build(job).ok
+
+
+def make_builder(config: Config, results: Results, out: TextIO, *, live: bool = False) -> Builder:
+    return Builder(
+        options=CibwOptions.of(config.builder),
+        work_dir=config.builder.work_dir,
+        build_timeout=config.builder.build_timeout,
+        results=results,
+        out=out,
+        live=live,
+    )
 
 
 def cmd_build(config: Config, requirement: str, only: str | None, out: TextIO) -> int:
     project, version = parse_requirement(requirement)
+    if only is not None:
+        try:
+            only = str(Identifier.parse(only))
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
     [pp] = list(plan_projects(config, project))
     if sdist_of(pp.page, version) is None:
         raise CommandError(f"{project} {version}: upstream has no sdist")
@@ -160,9 +232,11 @@ def cmd_build(config: Config, requirement: str, only: str | None, out: TextIO) -
                     print(f"skip {skip.identifier}: {skip.reason}", file=out)
             print(f"nothing to build for {project} {version}", file=out)
             return 0
-    builder = Builder(config, out, live=True)
+    planned = planned_version(config, pp, version, identifiers)
+    results = LocalResults(config, BuildState(config.builder.work_dir))
+    builder = make_builder(config, results, out, live=True)
     with _stop_on_signals(builder):
-        ok = build_version(config, builder, pp, version, identifiers)
+        ok = build_version(config.builder.work_dir, builder, planned)
     return 0 if ok else 1
 
 
@@ -238,22 +312,45 @@ class _stop_on_signals:
 
 
 def cmd_run(config: Config, rounds: int | None, out: TextIO) -> int:
-    """The sidecar loop: plan, build, publish, sleep; until SIGTERM (or `rounds`).
-
-    Up to `parallel` version groups build at once, each with its own Builder
-    (one cibuildwheel process at a time per builder); they share the failure state.
-    """
+    """The sidecar loop over this host's own plan, publishing into the wheelhouse."""
     state = BuildState(config.builder.work_dir)
-    builders = [Builder(config, out, state=state) for _ in range(config.builder.parallel)]
+    builders = [
+        make_builder(config, LocalResults(config, state), out)
+        for _ in range(config.builder.parallel)
+    ]
+    return run_loop(
+        builders,
+        LocalPlan(config),
+        work_dir=config.builder.work_dir,
+        poll_interval=config.builder.poll_interval,
+        rounds=rounds,
+        out=out,
+    )
+
+
+def run_loop(
+    builders: list[Builder],
+    source: JobSource,
+    *,
+    work_dir: Path,
+    poll_interval: float,
+    rounds: int | None,
+    out: TextIO,
+) -> int:
+    """Take a round of jobs, build them, sleep; until SIGTERM (or `rounds`).
+
+    Up to len(builders) versions build at once, each on its own Builder (one
+    cibuildwheel process at a time per builder).
+    """
     idle: queue.SimpleQueue[Builder] = queue.SimpleQueue()
     for builder in builders:
         idle.put(builder)
 
-    def build_with_any(pp: ProjectPlan, version: str, identifiers: list[str]) -> None:
+    def build_with_any(planned: PlannedVersion) -> None:
         builder = idle.get()
         try:
             if not builder.stopping:
-                build_version(config, builder, pp, version, identifiers)
+                build_version(work_dir, builder, planned)
         except CommandError as exc:
             print(f"pythonbuild-builder: {exc}", file=sys.stderr, flush=True)
         finally:
@@ -261,16 +358,12 @@ def cmd_run(config: Config, rounds: int | None, out: TextIO) -> int:
 
     with (
         _stop_on_signals(*builders) as stopper,
-        ThreadPoolExecutor(max_workers=config.builder.parallel, thread_name_prefix="build") as pool,
+        ThreadPoolExecutor(max_workers=len(builders), thread_name_prefix="build") as pool,
     ):
         done = 0
         while not stopper.wake.is_set() and (rounds is None or done < rounds):
             try:
-                futures = [
-                    pool.submit(build_with_any, pp, version, identifiers)
-                    for pp in plan_projects(config, None)
-                    for version, identifiers in _by_version(pp.plan.jobs).items()
-                ]
+                futures = [pool.submit(build_with_any, planned) for planned in source.round()]
                 # Signals reach the main thread only: wait in short steps, not in join.
                 while not all(f.done() for f in futures):
                     stopper.wake.wait(0.2)
@@ -283,7 +376,7 @@ def cmd_run(config: Config, rounds: int | None, out: TextIO) -> int:
                 print(f"pythonbuild-builder: {exc}", file=sys.stderr, flush=True)
             done += 1
             if rounds is None or done < rounds:
-                stopper.wake.wait(config.builder.poll_interval)
+                stopper.wake.wait(poll_interval)
     if stopper.wake.is_set():
         print("pythonbuild-builder: stopped", file=out, flush=True)
     return 0

@@ -9,32 +9,13 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from proxy.atomic import write_atomically
+from proxy.buildplan.failures import ANY_IDENTIFIER, MAX_BACKOFF, Failure, job_key
 
-MAX_BACKOFF = 7 * 24 * 3600
-ANY_IDENTIFIER = "*"  # a failure that holds for every identifier of a version
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Failure:
-    attempts: int
-    last_at: float
-    kind: str  # compiler error, missing system library, timeout, test failed, ...
-    detail: str  # one line from the log
-    log: str  # the job's full log
-    permanent: bool = False  # pure Python: building again would change nothing
-
-    def retry_at(self, base: float) -> float | None:
-        if self.permanent:
-            return None
-        return self.last_at + min(base * float(2 ** (self.attempts - 1)), MAX_BACKOFF)
-
-
-def job_key(project: str, version: str, identifier: str) -> str:
-    return f"{project}=={version}:{identifier}"
+__all__ = ["ANY_IDENTIFIER", "MAX_BACKOFF", "BuildState", "Failure", "job_key"]
 
 
 class BuildState:

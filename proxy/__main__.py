@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy import __version__
+from proxy import __version__, tokencli
 from proxy.cli import ArgumentParser
 from proxy.config import Config, ConfigError, load_config
 from proxy.server.app import create_app
@@ -43,6 +43,8 @@ def _parser() -> tuple[ArgumentParser, dict[str, Command]]:
     handlers: dict[str, Command] = {}
     commands.add_parser("serve", help="serve until SIGTERM or SIGINT (the default)")
     handlers["serve"] = cmd_serve
+    tokencli.add_parser(commands)
+    handlers["token"] = cmd_token
     return parser, handlers
 
 
@@ -55,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     return handlers[args.command or "serve"](config, args)
+
+
+def cmd_token(config: Config, args: argparse.Namespace) -> int:
+    return tokencli.run(config, args, sys.stdout, sys.stderr)
 
 
 # -- serve ------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import configparser
 import math
-import re
+import shlex
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,24 +19,9 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import InvalidName, NormalizedName, canonicalize_name
 from yarl import URL
 
+from .platforms import PLATFORMS, PYTHON
+
 PROJECT_PREFIX = "project:"
-# cibuildwheel's platform names (the part of a build identifier after the interpreter).
-PLATFORMS = frozenset(
-    {
-        *(
-            f"{libc}_{arch}"
-            for libc in ("manylinux", "musllinux")
-            for arch in ("x86_64", "aarch64", "i686", "ppc64le", "s390x", "armv7l", "riscv64")
-        ),
-        "macosx_arm64",
-        "macosx_x86_64",
-        "macosx_universal2",
-        "win_amd64",
-        "win_arm64",
-        "win32",
-    }
-)
-_PYTHON = re.compile(r"(cp|pp)3[0-9]{1,2}t?", re.ASCII)
 _BUILD_OPTIONS = frozenset(
     {"versions", "latest", "pythons", "platforms", "environment", "before_build", "test_command"}
 )
@@ -52,6 +38,8 @@ _KNOWN_OPTIONS = {
             "upstream_timeout",
             "unsupported",
             "cache_max_size",
+            "max_upload_size",
+            "lease_timeout",
         }
     ),
     "wheelhouse": frozenset({"path"}),
@@ -64,6 +52,7 @@ _KNOWN_OPTIONS = {
             "proxy_url",
             "retry_backoff",
             "poll_interval",
+            "cibuildwheel",
             *(f"{p}_image" for p in PLATFORMS),
         }
     )
@@ -88,6 +77,8 @@ class ProxyConfig:
     upstream_timeout: float
     unsupported: Literal["proxy", "redirect"]
     cache_max_size: int | None  # bytes of distribution files kept; None: no cap
+    max_upload_size: int  # bytes of one POST /upload/ body
+    lease_timeout: float  # seconds a build host keeps a job without a heartbeat
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -131,6 +122,9 @@ class BuilderConfig:
     proxy_url: URL  # the index build dependencies (and sdists) come through
     retry_backoff: float  # seconds before the first retry of a failed build; doubles
     poll_interval: float  # seconds `run` sleeps between rounds
+    # The cibuildwheel command (the builder appends --platform, --output-dir and the sdist);
+    # default: this interpreter running `-m cibuildwheel`.
+    cibuildwheel: tuple[str, ...]
     defaults: BuildOptions
 
 
@@ -215,6 +209,8 @@ def _build(path: Path, parser: configparser.ConfigParser) -> Config:
         upstream_timeout=reader.seconds("proxy", "upstream_timeout", 30, minimum=0.001),
         unsupported="redirect" if unsupported == "redirect" else "proxy",
         cache_max_size=reader.size("proxy", "cache_max_size"),
+        max_upload_size=reader.size("proxy", "max_upload_size") or 512 * _UNITS["M"],
+        lease_timeout=reader.seconds("proxy", "lease_timeout", 600, minimum=1),
     )
     wheelhouse = WheelhouseConfig(path=base / reader.get("wheelhouse", "path", "var/wheelhouse"))
     return Config(
@@ -243,7 +239,7 @@ def _build_options(reader: _Reader, section: str, defaults: BuildOptions | None)
         raise reader.fail(section, "latest", f"{latest_raw!r} is not a positive count")
     pythons = tuple(text("pythons", " ".join(d.pythons)).split())
     for python in pythons:
-        if not _PYTHON.fullmatch(python):
+        if not PYTHON.fullmatch(python):
             raise reader.fail(section, "pythons", f"{python!r} is not like cp312 or pp310")
     platforms = tuple(text("platforms", " ".join(d.platforms)).split())
     for platform in platforms:
@@ -278,6 +274,9 @@ def _builder(base: Path, reader: _Reader) -> BuilderConfig:
         proxy_url=reader.upstream("builder", "proxy_url", "http://127.0.0.1:8080/simple/"),
         retry_backoff=reader.seconds("builder", "retry_backoff", 3600),
         poll_interval=reader.seconds("builder", "poll_interval", 300, minimum=0.01),
+        cibuildwheel=reader.command(
+            "builder", "cibuildwheel", (sys.executable, "-m", "cibuildwheel")
+        ),
         defaults=_build_options(reader, "builder", None),
     )
 
@@ -304,6 +303,16 @@ class _Reader:
         if not value:
             raise self._fail(section, option, "must not be empty")
         return value
+
+    def command(self, section: str, option: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """A command line, split as a POSIX shell would (no expansion)."""
+        if not self._parser.has_option(section, option):
+            return default
+        raw = self.get(section, option, "")
+        try:
+            return tuple(shlex.split(raw))
+        except ValueError as exc:
+            raise self._fail(section, option, f"cannot split {raw!r}: {exc}") from None
 
     def seconds(self, section: str, option: str, default: float, minimum: float = 0) -> float:
         raw = self.get(section, option, str(default))

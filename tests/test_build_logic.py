@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from builder.build import JOB_LABEL, _container_engine, classify, default_test_command
+from builder.build import classify
+from builder.invocation import (
+    JOB_LABEL,
+    CibwOptions,
+    GroupRun,
+    Recipe,
+    compose,
+    default_test_command,
+    labelled_engine,
+)
+from proxy.platforms import Identifier
 
 
 @pytest.mark.parametrize(
@@ -61,8 +73,8 @@ def test_testing_after_a_repair_failure_is_not_a_test_failure() -> None:
 
 
 def test_every_container_carries_the_job_label_and_keeps_create_args() -> None:
-    assert _container_engine("docker", "j1") == f"docker; create_args: --label {JOB_LABEL}=j1"
-    assert _container_engine("podman; create_args: --network=host", "j2") == (
+    assert labelled_engine("docker", "j1") == f"docker; create_args: --label {JOB_LABEL}=j1"
+    assert labelled_engine("podman; create_args: --network=host", "j2") == (
         f"podman; create_args: --label {JOB_LABEL}=j2 --network=host"
     )
 
@@ -72,3 +84,108 @@ def test_default_test_command_has_no_placeholders_to_expand() -> None:
     # cibuildwheel expands {project} and {package}: a brace would be mangled.
     assert "{" not in command and "}" not in command
     assert "md.distribution('yamlext')" in command
+
+
+_OPTIONS = CibwOptions(
+    command=("/venv/bin/python", "-m", "cibuildwheel"),
+    proxy_url="http://10.0.0.2:8080/simple/",
+    container_engine="docker; create_args: --network=host",
+    images={"manylinux_aarch64": "local/aarch64"},
+)
+
+
+def _run(*identifiers: str, recipe: Recipe | None = None) -> GroupRun:
+    return GroupRun(
+        project="yamlext",
+        sdist=Path("/w/sdists/yamlext-1.0.tar.gz"),
+        identifiers=tuple(Identifier.parse(i) for i in identifiers),
+        recipe=recipe or Recipe(),
+        output_dir=Path("/w/staging/j1"),
+        label="j1",
+    )
+
+
+@pytest.mark.parametrize(
+    ("base", "run", "options", "command_tail", "expected", "absent"),
+    [
+        (  # Linux: the engine carries the label, the image its arch's variable
+            {"PATH": "/bin", "CIBW_SKIP": "*"},
+            _run("cp312-manylinux_aarch64", "cp313-manylinux_aarch64"),
+            _OPTIONS,
+            ("--platform", "linux"),
+            {
+                "PATH": "/bin",
+                "CIBW_BUILD": "cp312-manylinux_aarch64 cp313-manylinux_aarch64",
+                "CIBW_ARCHS": "aarch64",
+                "CIBW_ENVIRONMENT": "PIP_INDEX_URL=http://10.0.0.2:8080/simple/",
+                "CIBW_CONTAINER_ENGINE": f"docker; create_args: --label {JOB_LABEL}=j1 "
+                "--network=host",
+                "CIBW_MANYLINUX_AARCH64_IMAGE": "local/aarch64",
+                "CIBW_BUILD_VERBOSITY": "1",
+            },
+            ("CIBW_SKIP", "CIBW_BEFORE_BUILD"),
+        ),
+        (  # the project's recipe: its environment after the index, its hooks and test
+            {},
+            _run(
+                "cp311-musllinux_x86_64",
+                recipe=Recipe(
+                    environment='CFLAGS="-O2 -g"',
+                    before_build="yum -y install x",
+                    test_command="pytest {project}/tests",
+                ),
+            ),
+            _OPTIONS,
+            ("--platform", "linux"),
+            {
+                "CIBW_ENVIRONMENT": 'PIP_INDEX_URL=http://10.0.0.2:8080/simple/ CFLAGS="-O2 -g"',
+                "CIBW_BEFORE_BUILD": "yum -y install x",
+                "CIBW_TEST_COMMAND": "pytest {project}/tests",
+            },
+            ("CIBW_MUSLLINUX_X86_64_IMAGE",),
+        ),
+        (  # macOS: no container engine, no image; a URL that needs quoting is quoted
+            {"HOME": "/h"},
+            _run("cp312-macosx_arm64"),
+            CibwOptions(
+                command=("cibuildwheel",), proxy_url="http://h/simple/?a b", container_engine="x"
+            ),
+            ("--platform", "macos"),
+            {
+                "HOME": "/h",
+                "CIBW_ARCHS": "arm64",
+                "CIBW_ENVIRONMENT": "PIP_INDEX_URL='http://h/simple/?a b'",
+            },
+            ("CIBW_CONTAINER_ENGINE",),
+        ),
+    ],
+)
+def test_the_invocation_is_composed_from_environment_run_and_options(
+    base: dict[str, str],
+    run: GroupRun,
+    options: CibwOptions,
+    command_tail: tuple[str, str],
+    expected: dict[str, str],
+    absent: tuple[str, ...],
+) -> None:
+    invocation = compose(base, run, options)
+    assert invocation.command == (
+        *options.command,
+        *command_tail,
+        "--output-dir",
+        "/w/staging/j1",
+        "/w/sdists/yamlext-1.0.tar.gz",
+    )
+    for key, value in expected.items():
+        assert invocation.env[key] == value, key
+    for key in absent:
+        assert key not in invocation.env
+    assert "md.distribution('yamlext')" in invocation.env["CIBW_TEST_COMMAND"] or (
+        run.recipe.test_command == invocation.env["CIBW_TEST_COMMAND"]
+    )
+    assert base.get("CIBW_SKIP") in (None, "*")  # the caller's mapping is left as it was
+
+
+def test_one_run_is_one_os_and_arch() -> None:
+    with pytest.raises(ValueError, match="one OS and arch"):
+        _run("cp312-manylinux_x86_64", "cp312-manylinux_aarch64")

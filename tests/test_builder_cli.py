@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
+from packaging.utils import canonicalize_name
 
 from proxy.config import load_config
 from proxy.wheelhouse.demand import ClientPlatform, DemandQueue
@@ -14,6 +16,7 @@ from proxy.wheelhouse.store import Wheelhouse
 from proxy.wheelhouse.wheelcheck import check_wheel
 from tests.conftest import BIN, ProxyFactory, client_env, run
 from tests.dists import make_sdist, make_wheel
+from tests.test_builder import FAKE
 from tests.upstream import FixtureUpstream
 
 Client = TestClient[Request, Application]
@@ -142,6 +145,7 @@ async def test_cli_errors_are_one_line(
         (("build", "six==1.0"), "six is not a supported project"),
         (("build", "grpcio==9.9"), "upstream has no sdist"),
         (("plan", "no_such"), "no-such is not a supported project"),
+        (("build", "grpcio==1.0", "--only", "cp312-win_amd64"), "is not a build identifier"),
     ]:
         code, out = await builder(config, tmp_path / "home", *args)
         assert code != 0, out
@@ -150,3 +154,27 @@ async def test_cli_errors_are_one_line(
     code, out = await builder(config, tmp_path / "home", "plan")
     assert code == 1
     assert out.startswith("pythonbuild-builder: cannot read grpcio's page through the proxy")
+
+
+async def test_build_runs_the_configured_cibuildwheel_command(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    sdist = make_sdist("grpcio", "1.48.1")
+    upstream.add("grpcio", sdist)
+    client = await make_proxy(projects=("grpcio",))
+    config = builder_config(tmp_path, client, upstream)
+    config.write_text(
+        config.read_text().replace(
+            "[builder]\n", f"[builder]\ncibuildwheel = {sys.executable} {FAKE}\n"
+        )
+    )
+    code, out = await builder(
+        config, tmp_path / "home", "build", "grpcio==1.48.1", "--only", "cp311-manylinux_x86_64"
+    )
+    assert code == 0, out
+    assert "cibuildwheel version 0.0+fake" in out  # live output
+    assert "cp311-manylinux_x86_64: published grpcio-1.48.1-cp311-cp311-manylinux_2_17" in out
+    manifest = Wheelhouse(tmp_path / "proxy" / "wheelhouse").manifest(canonicalize_name("grpcio"))
+    [entry] = manifest.wheels.values()
+    assert entry.origin["sdist_sha256"] == sdist.sha256
+    assert upstream.requests[f"/files/grpcio/{sdist.filename}"] == 1

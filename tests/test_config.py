@@ -146,6 +146,7 @@ def test_builder_defaults_and_project_overrides(tmp_path: Path) -> None:
     assert builder.images == {"manylinux_aarch64": "local/img:1"}
     assert builder.parallel == 1
     assert str(builder.proxy_url) == "http://127.0.0.1:8080/simple/"
+    assert builder.cibuildwheel == (sys.executable, "-m", "cibuildwheel")
     grpcio = config.projects[canonicalize_name("grpcio")].build
     assert str(grpcio.versions) == "<2,>=1.48"
     assert grpcio.pythons == ("cp311", "cp312")  # inherited
@@ -168,10 +169,17 @@ def test_builder_defaults_and_project_overrides(tmp_path: Path) -> None:
         ("[builder]\nlatest = 0\n", "latest"),
         ("[builder]\nparallel = many\n", "parallel"),
         ("[builder]\nproxy_url = ftp://x/\n", "proxy_url"),
+        ("[builder]\ncibuildwheel = python 'unclosed\n", "cibuildwheel: cannot split"),
+        ("[builder]\ncibuildwheel =\n", "cibuildwheel: must not be empty"),
     ],
 )
 def test_bad_builder_options_are_config_errors(tmp_path: Path, text: str, match: str) -> None:
     assert_one_line_error(write(tmp_path, text), match)
+
+
+def test_the_cibuildwheel_command_is_split_as_a_shell_would(tmp_path: Path) -> None:
+    config = load_text(tmp_path, "[builder]\ncibuildwheel = '/opt/my tools/py' -m cibuildwheel\n")
+    assert config.builder.cibuildwheel == ("/opt/my tools/py", "-m", "cibuildwheel")
 
 
 def test_project_names_are_normalized(tmp_path: Path) -> None:

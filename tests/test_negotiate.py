@@ -155,3 +155,18 @@ def test_format_values_are_the_content_types_served() -> None:
 
 def test_only_json_v1_is_json() -> None:
     assert [f for f in Format if f.is_json] == [Format.JSON_V1]
+
+
+@pytest.mark.parametrize(
+    ("param", "expected"),
+    [
+        ("application/vnd.pypi.simple.v1 json", Format.JSON_V1),
+        ("application/vnd.pypi.simple.v1 html", Format.HTML_V1),
+        (" application/vnd.pypi.simple.latest json ", Format.JSON_V1),
+        ("application/vnd.pypi.simple.v1 json;q=0.5, text/html;q=0.1", Format.JSON_V1),
+        ("application/vnd.pypi.simple.v1 xml", None),
+    ],
+    ids=["json", "html", "latest-padded", "with-q-values", "unknown-stays-unknown"],
+)
+def test_format_whose_plus_was_form_decoded_to_a_space(param: str, expected: Format) -> None:
+    assert negotiate("text/html", param) is expected

@@ -21,7 +21,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 
-from builder.build import JOB_LABEL
+from builder.invocation import JOB_LABEL
 from proxy.config import load_config
 from proxy.wheelhouse.demand import ClientPlatform, DemandQueue
 from tests.buildenv import BuildEnv, load_buildenv

@@ -86,12 +86,23 @@ def wheel(
 
 
 def patch_central(
-    path: Path, member: str, *, flag_bits: int = 0, size_delta: int = 0, needs: int = 0
+    path: Path,
+    member: str,
+    *,
+    flag_bits: int = 0,
+    size_delta: int = 0,
+    needs: int = 0,
+    local: bool = False,
 ) -> Path:
-    """Edit one member's central directory record, which is what zipfile trusts."""
+    """Edit one member's central directory record, which is what zipfile trusts; with
+    `local`, its local header's uncompressed size too, so the two agree on the lie."""
     data = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as zf:
         offset = zf.start_dir
+        header = zf.getinfo(member).header_offset
+    if local:
+        (size,) = struct.unpack_from("<I", data, header + 22)
+        struct.pack_into("<I", data, header + 22, size + size_delta)
     while data[offset : offset + 4] == b"PK\x01\x02":
         name_len, extra_len, comment_len = struct.unpack_from("<HHH", data, offset + 28)
         if data[offset + 46 : offset + 46 + name_len] == member.encode():
@@ -115,6 +126,46 @@ def shift_central_directory(path: Path, delta: int) -> Path:
     struct.pack_into("<I", data, end + 16, start + delta)
     path.write_bytes(data)
     return path
+
+
+def overlapping(tmp_path: Path) -> Path:
+    """A second central directory entry pointing at the first member's data: one compressed
+    kernel counted twice (the shape of the "better zip bomb", overlapping files)."""
+    alias = MODULE.replace("__init__", "__copy__")
+    assert len(alias) == len(MODULE)
+    path = wheel(tmp_path, rows={alias: f"{alias},{digest(MODULE_DATA)},{len(MODULE_DATA)}"})
+    data = bytearray(path.read_bytes())
+    end = data.rindex(b"PK\x05\x06")
+    count, cd_size, cd_start = struct.unpack_from("<HIIH", data, end + 10)[:3]
+    record = data.index(b"PK\x01\x02" + data[cd_start + 4 : cd_start + 28], cd_start)
+    name_len, extra_len, comment_len = struct.unpack_from("<HHH", data, record + 28)
+    copy = data[record : record + 46 + name_len + extra_len + comment_len]
+    assert copy[46 : 46 + name_len] == MODULE.encode()
+    copy[46 : 46 + name_len] = alias.encode()
+    data[end:end] = copy  # the new record goes last in the directory, before the end record
+    end += len(copy)
+    struct.pack_into("<HHI", data, end + 8, count + 1, count + 1, cd_size + len(copy))
+    path.write_bytes(data)
+    return path
+
+
+def tiled_bomb(tmp_path: Path, members: int = 1004) -> Path:
+    """`members` members of exactly 1 MiB of zeros each: each at the per-member floor, 1 GB
+    unpacked from about 1 MB."""
+    mib = bytes(1024 * 1024)
+    tiles = [f"demo_pkg/tile{i:04}.bin" for i in range(members)]
+    row = f"{digest(mib)},{len(mib)}"  # hashed once: the tiles are all alike
+    lines = [f"{path},{digest(data)},{len(data)}" for path, data in files().items()]
+    lines += [f"{tile},{row}" for tile in tiles] + [f"{INFO}/RECORD,,"]
+    record = "".join(f"{line}\n" for line in lines).encode()
+    entries = [*files().items(), *((tile, mib) for tile in tiles), (f"{INFO}/RECORD", record)]
+    return write_zip(tmp_path / FILENAME, entries)
+
+
+def lying_small(tmp_path: Path) -> Path:
+    """A member whose headers both claim 1,000 bytes and whose data inflates to 64 MiB."""
+    path = wheel(tmp_path, {**files(), "demo_pkg/big.bin": bytes(64 * 1024 * 1024)})
+    return patch_central(path, "demo_pkg/big.bin", size_delta=1000 - 64 * 1024 * 1024, local=True)
 
 
 def with_nul(tmp_path: Path) -> Path:
@@ -374,17 +425,44 @@ REJECTED = [
     pytest.param(
         lambda t: wheel(t), {"max_total_size": 100}, "total uncompressed size", id="total-size"
     ),
+    # Lying sizes: both headers agree on the lie, so only reading can catch it.
     pytest.param(
-        lambda t: patch_central(wheel(t), MODULE, size_delta=-4),
+        lambda t: patch_central(wheel(t), MODULE, size_delta=-4, local=True),
         {},
         f"cannot read '{MODULE}': Bad CRC-32",
         id="declared-size-smaller",
     ),
     pytest.param(
-        lambda t: patch_central(wheel(t), MODULE, size_delta=10),
+        lambda t: patch_central(wheel(t), MODULE, size_delta=10, local=True),
         {},
         f"'{MODULE}' is smaller than its declared size",
         id="declared-size-larger",
+    ),
+    pytest.param(
+        lying_small,
+        {},
+        "cannot read 'demo_pkg/big.bin': Bad CRC-32",
+        id="declared-size-hides-a-bomb",
+    ),
+    # The directory lies and the local header does not (what a streaming extractor reads).
+    pytest.param(
+        lambda t: patch_central(wheel(t), MODULE, size_delta=-4),
+        {},
+        f"the local header of '{MODULE}' disagrees with the central directory",
+        id="local-header-disagrees",
+    ),
+    pytest.param(overlapping, {}, "overlaps the next one", id="overlapping-members"),
+    pytest.param(
+        tiled_bomb,
+        {},
+        "the archive unpacks to 10528",  # 1,004 MiB plus the small files and RECORD
+        id="zip-bomb-of-1-mib-tiles",
+    ),
+    pytest.param(
+        lambda t: tiled_bomb(t, 10),
+        {"max_ratio": 1000, "max_total_size": 8 * 1024 * 1024},
+        "total uncompressed size exceeds 8388608 bytes",
+        id="total-size-of-tiles",
     ),
     # Found by fuzzing: zipfile raises NotImplementedError, and OSError (EINVAL) on a member
     # whose offset, adjusted by the misplaced directory, lands before the start of the file.
@@ -397,7 +475,7 @@ REJECTED = [
     pytest.param(
         lambda t: shift_central_directory(wheel(t), 1000),
         {},
-        "cannot read",
+        "no local header where the directory puts",
         id="negative-offset",
     ),
     pytest.param(local_name_not_utf8, {}, "cannot read 'evil#.py'", id="local-name-not-utf8"),
@@ -464,13 +542,24 @@ SOUND: list[Callable[[Path], Path]] = [
     # 1 MiB of zeros compresses 1000:1, but the ratio only counts above 1 MiB.
     lambda t: wheel(t, {**files(), "demo_pkg/zeros.bin": bytes(1024 * 1024)}),
     lambda t: wheel(t, {**files(), "demo_pkg-1.0.data/scripts/demo": b"#!python\n"}),
+    # 7 MiB of zeros in 1 MiB members: the whole-archive ratio only counts above 8 MiB.
+    lambda t: tiled_bomb(t, 7),
 ]
 
 
 @pytest.mark.parametrize(
     "build",
     SOUND,
-    ids=["directory", "signature", "sha512", "stored", "normalized", "ratio-floor", "data-dir"],
+    ids=[
+        "directory",
+        "signature",
+        "sha512",
+        "stored",
+        "normalized",
+        "ratio-floor",
+        "data-dir",
+        "archive-ratio-floor",
+    ],
 )
 def test_sound_variants(tmp_path: Path, build: Build) -> None:
     assert check_wheel(build(tmp_path)).filename == FILENAME

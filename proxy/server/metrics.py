@@ -109,6 +109,13 @@ class Metrics:
             "Files not kept or thrown away: size or hash mismatch, failed fetch, corrupt on disk.",
             ("kind",),
         )
+        self.wheelhouse_errors = Counter(
+            r,
+            "pythonbuild_wheelhouse_errors_total",
+            "Local wheels left out of a page: manifest (damaged, unreadable or symlinked: "
+            "all of the project's), wheel (one file unreadable).",
+            ("kind",),
+        )
         self.file_fetch_seconds = Histogram(
             r, "pythonbuild_file_fetch_seconds", "Duration of whole upstream file downloads."
         )

@@ -77,10 +77,21 @@ def _quality(offer: str, ranges: list[tuple[str, float]]) -> tuple[float, int]:
     return best
 
 
+def _plus_restored(value: str) -> str:
+    """`?format=application/vnd.pypi.simple.v1+json`, typed as PEP 691 writes it, reaches us
+    as "...v1 json": a query is form-decoded (application/x-www-form-urlencoded), where "+"
+    means a space. No media type contains a space, so one inside a type is a "+"."""
+    items = []
+    for item in value.split(","):
+        media, sep, params = item.partition(";")
+        items.append("+".join(media.split()) + sep + params)
+    return ",".join(items)
+
+
 def negotiate(accept: str | None, format_param: str | None = None) -> Format | None:
     """The format to serve, or None when nothing offered is acceptable (406)."""
     if format_param is not None:
-        accept = _SHORT.get(format_param.strip().lower(), format_param)
+        accept = _SHORT.get(format_param.strip().lower(), _plus_restored(format_param))
     if accept is None or not accept.strip():
         return Format.HTML
     ranges = _parse_accept(accept)

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -43,6 +45,8 @@ from proxy.wheelhouse.wheelcheck import CheckedWheel, WheelRejected
 MANIFEST = "manifest.json"
 DEMAND = "demand.sqlite"  # build requests: the proxy records, the builder consumes
 METADATA_SUFFIX = ".metadata"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -79,14 +83,38 @@ class LocalWheel:
         )
 
 
-Signature = tuple[int, int, int]  # (inode, size, mtime_ns) of the manifest
+# (inode, size, mtime_ns, ctime_ns) of the manifest: ctime so that a chmod, which can make
+# the manifest unreadable to the proxy's user, is a change too.
+Signature = tuple[int, int, int, int]
+
+# Exact, whatever the publisher's umask: the proxy usually runs as its own user, and a
+# wheel published by root or a builder account must still be readable to it.
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+
+class WheelhouseDamaged(WheelRejected):
+    """A project's folder or manifest cannot be trusted: str(exc) is one line.
+
+    A WheelRejected too: no wheel can be published into that project until it is repaired,
+    and every publisher (the CLI, the builds, uploads) reports it as it reports a rejection.
+    """
 
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
     project: NormalizedName
-    wheels: Mapping[str, LocalWheel]  # by filename
+    wheels: Mapping[str, LocalWheel]  # by filename: listed, and readable on disk
     signature: Signature | None  # None when the project has no manifest
+    # Why none of the project's wheels can be served (a damaged or unreadable manifest, a
+    # symlinked folder), one line; None when the manifest was read.
+    damaged: str | None = None
+    # Listed wheels left out because their file cannot be read, one line each.
+    skipped: tuple[str, ...] = ()
+
+
+class FilenameTaken(WheelRejected):
+    """The wheelhouse holds this filename with other bytes: filenames are immutable."""
 
 
 def demand_path(config: Config) -> Path:
@@ -106,12 +134,49 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc) or type(exc).__name__
+
+
+def _make_dirs(path: Path) -> None:
+    """Create `path` and its missing parents, each DIR_MODE whatever the umask."""
+    missing: list[Path] = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another publisher made it first
+            folder.mkdir(DIR_MODE)
+            folder.chmod(DIR_MODE)
+
+
+def _parse(data: bytes) -> dict[str, Any]:
+    """The manifest document, checked to have the shape publish() writes."""
+    raw = json.loads(data)
+    if not isinstance(raw, dict) or not isinstance(raw.get("wheels"), dict):
+        raise ValueError("no wheels table")
+    for filename, entry in raw["wheels"].items():
+        # A filename is one plain name in the project's folder, never a path.
+        if "/" in filename or "\0" in filename or filename.startswith(".") or not filename:
+            raise ValueError(f"not a wheel filename: {filename!r}")
+        LocalWheel.from_json(filename, entry)  # raises on a missing or mistyped field
+    return raw
+
+
+# Told (kind, one line) whenever a read leaves local wheels out: kind "manifest" (all of a
+# project's) or "wheel" (one). The proxy logs and counts; the CLI reports from the Manifest.
+OnDamage = Callable[[str, str], None]
+
+
 class Wheelhouse:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, on_damage: OnDamage | None = None) -> None:
         self.root = root
+        self._on_damage = on_damage
         self._lock = threading.Lock()
         self._cache: dict[str, Manifest] = {}
-        self._verified: dict[Path, Signature] = {}
+        self._verified: dict[Path, tuple[int, int, int]] = {}
 
     def project_dir(self, project: NormalizedName) -> Path:
         return self.root / project
@@ -119,50 +184,135 @@ class Wheelhouse:
     def wheel_path(self, project: NormalizedName, filename: str) -> Path:
         return self.project_dir(project) / filename
 
+    @contextlib.contextmanager
+    def _folder(self, project: NormalizedName) -> Iterator[int]:
+        """The project's folder as a descriptor, never through a symlink: everything in
+        it is then opened relative to it (openat), so no path component is followed."""
+        try:
+            fd = os.open(self.project_dir(project), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise WheelhouseDamaged(
+                    f"{project}: the project folder is not a folder (a symlink?); "
+                    "nothing is read or written through it"
+                ) from None
+            raise
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _read_manifest(self, project: NormalizedName) -> dict[str, Any] | None:
+        """The manifest document (None: there is none), never through a symlink."""
+        try:
+            with self._folder(project) as folder:
+                fd = os.open(MANIFEST, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder)
+                with os.fdopen(fd, "rb") as fh:
+                    data = fh.read()
+        except FileNotFoundError:
+            return None
+        except WheelhouseDamaged:
+            raise
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise WheelhouseDamaged(f"{project}/{MANIFEST} is a symlink; not read") from None
+            raise WheelhouseDamaged(
+                f"{project}/{MANIFEST} cannot be read: {_reason(exc)}"
+            ) from None
+        try:
+            return _parse(data)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise WheelhouseDamaged(
+                f"{project}/{MANIFEST} is damaged ({_reason(exc)}); "
+                "repair or remove it, then publish again"
+            ) from None
+
     # -- reading (the proxy, on every page of a supported project) ----------------
+
+    def _signature(self, project: NormalizedName) -> Signature | None:
+        # lstat: a manifest replaced by a symlink is a change, read (and refused) again.
+        st = (self.project_dir(project) / MANIFEST).lstat()
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def unchanged(self, project: NormalizedName) -> Manifest | None:
         """The held manifest if the file has not changed since it was read: one stat(),
         cheap enough for the event loop. None when it must be (re)read."""
         try:
-            st = (self.project_dir(project) / MANIFEST).stat()
+            signature = self._signature(project)
         except FileNotFoundError:
             return Manifest(project, {}, None)
-        with self._lock:
-            held = self._cache.get(project)
-        if held is not None and held.signature == (st.st_ino, st.st_size, st.st_mtime_ns):
-            return held
-        return None
-
-    def manifest(self, project: NormalizedName) -> Manifest:
-        """The project's manifest; re-read only when the file changed (one stat)."""
-        path = self.project_dir(project) / MANIFEST
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return Manifest(project, {}, None)
-        signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            signature = None  # an unreadable folder: held as damaged, below
         with self._lock:
             held = self._cache.get(project)
         if held is not None and held.signature == signature:
             return held
-        manifest = self._read(project, path, signature)
+        return None
+
+    def manifest(self, project: NormalizedName) -> Manifest:
+        """The project's manifest; re-read only when the file changed (one stat).
+
+        Never raises for the wheelhouse's state: a damaged, unreadable or symlinked
+        manifest or folder is a Manifest with no wheels that says why (`damaged`), so
+        the proxy still serves upstream's files for the project.
+        """
+        try:
+            signature = self._signature(project)
+        except FileNotFoundError:
+            return Manifest(project, {}, None)
+        except OSError as exc:
+            signature = None
+            failure: str | None = f"{project}: cannot look at {MANIFEST}: {_reason(exc)}"
+        else:
+            failure = None
+        with self._lock:
+            held = self._cache.get(project)
+        if held is not None and held.signature == signature:
+            return held
+        if failure is not None:
+            manifest = Manifest(project, {}, signature, damaged=failure)
+        else:
+            manifest = self._read(project, signature)
         with self._lock:
             self._cache[project] = manifest
+        # Once per change of the manifest, not per request: held results are returned above.
+        if self._on_damage is not None:
+            if manifest.damaged is not None:
+                self._on_damage("manifest", manifest.damaged)
+            for skipped in manifest.skipped:
+                self._on_damage("wheel", skipped)
         return manifest
 
-    def _read(self, project: NormalizedName, path: Path, signature: Signature) -> Manifest:
-        raw = json.loads(path.read_bytes())
-        wheels = {name: LocalWheel.from_json(name, entry) for name, entry in raw["wheels"].items()}
-        return Manifest(project, wheels, signature)
+    def _read(self, project: NormalizedName, signature: Signature | None) -> Manifest:
+        try:
+            raw = self._read_manifest(project)
+            if raw is None:
+                return Manifest(project, {}, None)
+            wheels: dict[str, LocalWheel] = {}
+            skipped: list[str] = []
+            with self._folder(project) as folder:
+                for name, entry in raw["wheels"].items():
+                    problem = _unreadable(folder, name) or _unreadable(
+                        folder, name + METADATA_SUFFIX
+                    )
+                    if problem is None:
+                        wheels[name] = LocalWheel.from_json(name, entry)
+                    else:
+                        skipped.append(f"{project}/{problem}; not served")
+        except WheelhouseDamaged as exc:
+            return Manifest(project, {}, signature, damaged=str(exc))
+        except OSError as exc:  # the folder went away or became unreadable meanwhile
+            return Manifest(project, {}, signature, damaged=f"{project}: {_reason(exc)}")
+        return Manifest(project, wheels, signature, skipped=tuple(skipped))
 
     def projects(self) -> list[NormalizedName]:
+        """Every project with a manifest (damaged ones too, so they can be reported)."""
         if not self.root.is_dir():
             return []
         return sorted(
             canonicalize_name(p.name)
             for p in self.root.iterdir()
-            if p.is_dir() and not p.is_symlink() and (p / MANIFEST).is_file()
+            if p.is_dir() and not p.is_symlink() and os.path.lexists(p / MANIFEST)
         )
 
     def servable(self, project: NormalizedName, filename: str) -> CachedFile | None:
@@ -178,19 +328,28 @@ class Wheelhouse:
         expected = wheel.metadata_sha256 if base != filename else wheel.sha256
         path = self.wheel_path(project, filename)
         try:
+            if self.project_dir(project).is_symlink():
+                return None
             st = path.lstat()
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            # A chmod changes neither the manifest nor the file's signature; serving a file
+            # this user cannot open would be a 500.
+            if not os.access(path, os.R_OK):
+                raise PermissionError(errno.EACCES, "not readable by this user")
+            signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+            with self._lock:
+                known = self._verified.get(path)
+            if known != signature:
+                if sha256_of(path) != expected:
+                    return None
+                with self._lock:
+                    self._verified[path] = signature
         except FileNotFoundError:
             return None
-        if not stat.S_ISREG(st.st_mode):
+        except OSError as exc:
+            log.warning("%s/%s cannot be served: %s", project, filename, _reason(exc))
             return None
-        signature = (st.st_ino, st.st_size, st.st_mtime_ns)
-        with self._lock:
-            known = self._verified.get(path)
-        if known != signature:
-            if sha256_of(path) != expected:
-                return None
-            with self._lock:
-                self._verified[path] = signature
         return CachedFile(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
 
     # -- writing (the builder) ------------------------------------------------------
@@ -198,13 +357,22 @@ class Wheelhouse:
     @contextlib.contextmanager
     def _locked(self, project: NormalizedName) -> Iterator[Path]:
         folder = self.project_dir(project)
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / ".lock", "a+b") as lock:
+        _make_dirs(folder)
+        with self._folder(project) as dir_fd:
+            lock = os.open(
+                ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE, dir_fd=dir_fd
+            )
+        try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
+                # Checked again under the lock: the folder may have been swapped meanwhile.
+                with self._folder(project):
+                    pass
                 yield folder
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+        finally:
+            os.close(lock)
 
     def publish(
         self, checked: CheckedWheel, source: Path, origin: Mapping[str, Any]
@@ -217,14 +385,12 @@ class Wheelhouse:
         project = checked.name
         with self._locked(project) as folder:
             path = folder / MANIFEST
-            raw: dict[str, Any] = {"project": project, "wheels": {}}
-            if path.is_file():
-                raw = json.loads(path.read_bytes())
+            raw = self._read_manifest(project) or {"project": project, "wheels": {}}
             held = raw["wheels"].get(checked.filename)
             if held is not None:
                 if held["sha256"] == checked.sha256:
                     return LocalWheel.from_json(checked.filename, held), False
-                raise WheelRejected(
+                raise FilenameTaken(
                     f"{checked.filename}: already published with other bytes "
                     f"(sha256 {held['sha256'][:12]}...); filenames are immutable"
                 )
@@ -244,10 +410,9 @@ class Wheelhouse:
                 with open(source, "rb") as src:
                     shutil.copyfileobj(src, fh, 1 << 20)
 
-            write_atomically(folder / checked.filename, copy_wheel)
+            write_atomically(folder / checked.filename, copy_wheel, mode=FILE_MODE)
             write_atomically(
-                folder / (checked.filename + METADATA_SUFFIX),
-                checked.metadata,
+                folder / (checked.filename + METADATA_SUFFIX), checked.metadata, mode=FILE_MODE
             )
             if sha256_of(folder / checked.filename) != checked.sha256:
                 # The source changed between the check and the copy.
@@ -255,6 +420,19 @@ class Wheelhouse:
             raw["wheels"][checked.filename] = wheel.to_json()
             raw["wheels"] = dict(sorted(raw["wheels"].items()))
             document = json.dumps(raw, indent=2, sort_keys=True).encode() + b"\n"
-            write_atomically(path, document)
+            write_atomically(path, document, mode=FILE_MODE)
             _fsync_dir(folder)
             return wheel, True
+
+
+def _unreadable(folder: int, name: str) -> str | None:
+    """Why the proxy cannot serve `name` from the folder (None: it can)."""
+    try:
+        st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except OSError as exc:
+        return f"{name}: {_reason(exc)}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{name}: not a regular file"
+    if not os.access(name, os.R_OK, dir_fd=folder, follow_symlinks=False):
+        return f"{name}: not readable by this user"
+    return None

@@ -16,6 +16,7 @@ import csv
 import hashlib
 import io
 import stat
+import struct
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
 from pathlib import Path, PureWindowsPath
+from typing import BinaryIO
 
 from packaging.tags import Tag
 from packaging.utils import (
@@ -38,6 +40,14 @@ _CHUNK = 1024 * 1024
 # The ratio limit only applies above this size: small members compress arbitrarily well
 # (a file of zeros, a table) without being a threat.
 _RATIO_FLOOR = 1024 * 1024
+# The same limit over the whole archive, above this much unpacked: a bomb can be many
+# members each under the floor (1,004 members of exactly 1 MiB is 1 GB from 1.1 MB).
+_ARCHIVE_RATIO_FLOOR = 8 * 1024 * 1024
+# A local file header: signature, version, flags, method, time, date, crc, sizes, name and
+# extra lengths (APPNOTE 4.3.7).
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+_LOCAL_MAGIC = b"PK\x03\x04"
+_ZIP64_MARK = 0xFFFFFFFF
 # METADATA, WHEEL and RECORD are held in memory; no real one comes near this.
 _MAX_DIST_INFO_FILE = 64 * 1024 * 1024
 # PEP 376/427: the hash "must be ... sha256 or better"; md5 and sha1 are refused.
@@ -100,7 +110,9 @@ def check_wheel(
         except _ZIP_ERRORS as exc:
             raise WheelRejected(f"not a valid zip file: {exc}") from None
         with zf:
-            metadata, wheel = _check_archive(zf, name, version, max_total_size, max_ratio)
+            members = _check_members(zf, max_ratio)
+            _check_layout(fh, zf, size, max_total_size, max_ratio)
+            metadata, wheel = _check_archive(zf, members, name, version)
     requires_python = _check_metadata(metadata, name, version)
     _check_wheel_file(wheel)
     return CheckedWheel(
@@ -116,10 +128,12 @@ def check_wheel(
 
 
 def _check_archive(
-    zf: zipfile.ZipFile, name: NormalizedName, version: Version, max_total: int, max_ratio: int
+    zf: zipfile.ZipFile,
+    members: Mapping[str, zipfile.ZipInfo],
+    name: NormalizedName,
+    version: Version,
 ) -> tuple[bytes, bytes]:
-    """Every structural and RECORD check; the verified METADATA and WHEEL bytes."""
-    members = _check_members(zf, max_total, max_ratio)
+    """The dist-info and RECORD checks; the verified METADATA and WHEEL bytes."""
     info_dir = _dist_info(members, name, version)
     metadata_path, wheel_path, record_path = (
         f"{info_dir}/{f}" for f in ("METADATA", "WHEEL", "RECORD")
@@ -165,12 +179,52 @@ def _check_archive(
     return kept[metadata_path], kept[wheel_path]
 
 
-def _check_members(
-    zf: zipfile.ZipFile, max_total: int, max_ratio: int
-) -> Mapping[str, zipfile.ZipInfo]:
+def _check_layout(
+    fh: BinaryIO, zf: zipfile.ZipFile, size: int, max_total: int, max_ratio: int
+) -> None:
+    """The archive as a whole: its members' data lie apart, inside the file, where the
+    central directory says, with the sizes it says; and it does not unpack to too much.
+
+    The central directory is the archive's claim about itself. A bomb overlaps members so
+    one compressed kernel is counted many times, or gives the local headers (what a
+    streaming extractor reads) other sizes than the directory (what zipfile and pip read).
+    """
+    infos = sorted(zf.infolist(), key=lambda i: i.header_offset)
+    total = sum(i.file_size for i in infos)
+    if total > max_total:
+        raise WheelRejected(f"total uncompressed size exceeds {max_total} bytes")
+    if total > _ARCHIVE_RATIO_FLOOR and total > max_ratio * size:
+        raise WheelRejected(
+            f"the archive unpacks to {total} bytes from {size}, a ratio of {total // size}:1 "
+            f"(limit {max_ratio}:1), a likely zip bomb"
+        )
+    ends = [i.header_offset for i in infos[1:]] + [zf.start_dir]
+    for info, end in zip(infos, ends, strict=True):
+        raw = b""
+        if info.header_offset >= 0:
+            fh.seek(info.header_offset)
+            raw = fh.read(_LOCAL_HEADER.size)
+        if len(raw) != _LOCAL_HEADER.size or raw[:4] != _LOCAL_MAGIC:
+            raise WheelRejected(f"no local header where the directory puts {info.filename!r}")
+        _magic, _v, flags, method, _t, _d, crc, csize, usize, name_len, extra_len = (
+            _LOCAL_HEADER.unpack(raw)
+        )
+        # Bit 3: the sizes follow the data in a descriptor, and the header holds zeros.
+        described = not flags & 0x8 and _ZIP64_MARK not in (csize, usize)
+        if method != info.compress_type or (
+            described and (crc, csize, usize) != (info.CRC, info.compress_size, info.file_size)
+        ):
+            raise WheelRejected(
+                f"the local header of {info.filename!r} disagrees with the central directory"
+            )
+        data_end = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+        if data_end + info.compress_size > end:
+            raise WheelRejected(f"member {info.filename!r} overlaps the next one, a zip bomb")
+
+
+def _check_members(zf: zipfile.ZipFile, max_ratio: int) -> Mapping[str, zipfile.ZipInfo]:
     """The members by name, once each name is known safe to extract and bounded in size."""
     members: dict[str, zipfile.ZipInfo] = {}
-    total = 0
     for info in zf.infolist():
         # zipfile cuts a name at its first NUL; orig_filename still has the whole name.
         if "\0" in info.orig_filename:
@@ -189,11 +243,8 @@ def _check_members(
                 f"member {member!r} uses compression method {info.compress_type}; "
                 "only stored and deflate are accepted"
             )
-        # The declared sizes are what the reads below are held to, so bounding them
-        # bounds the whole check.
-        total += info.file_size
-        if total > max_total:
-            raise WheelRejected(f"total uncompressed size exceeds {max_total} bytes")
+        # The declared sizes are what the reads below are held to, so bounding them (here
+        # and over the whole archive in _check_layout) bounds the whole check.
         if info.file_size > _RATIO_FLOOR and info.file_size > max_ratio * info.compress_size:
             ratio = info.file_size // max(info.compress_size, 1)
             raise WheelRejected(

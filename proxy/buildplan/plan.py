@@ -14,6 +14,7 @@ import enum
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.tags import Tag
@@ -21,12 +22,26 @@ from packaging.utils import InvalidSdistFilename, parse_sdist_filename
 from packaging.version import InvalidVersion, Version
 
 from proxy.config import ProjectConfig
+from proxy.platforms import Identifier
 from proxy.simple.model import DistFile, ProjectPage
 from proxy.wheelhouse.demand import BuildRequest
 
-from .host import Host
-from .state import BuildState
-from .tags import Identifier, tags_install_on, wheels_by_version
+from .failures import Failure
+from .tags import tags_install_on, wheels_by_version
+
+
+class Capability(Protocol):
+    """What a build host can do: builder.host.Host here, or a remote host's reported list."""
+
+    def cannot_build(self, identifier: Identifier) -> str | None:
+        """Why it cannot build `identifier`, or None when it can."""
+        ...
+
+
+class Failures(Protocol):
+    """Past failures: builder.state.BuildState here, the farm database on the proxy."""
+
+    def failure(self, project: str, version: str, identifier: str) -> Failure | None: ...
 
 
 class Skip(enum.Enum):
@@ -121,8 +136,8 @@ def judge(
     sdist: DistFile | None,
     upstream_wheels: Mapping[str, list[frozenset[Tag]]],
     local_wheels: Mapping[str, list[frozenset[Tag]]],
-    host: Host,
-    state: BuildState,
+    host: Capability,
+    state: Failures,
     retry_backoff: float,
     now: float,
 ) -> Skipped | None:
@@ -169,8 +184,8 @@ def plan(
     upstream_files: Sequence[str],
     local_files: Sequence[str],
     demand: Iterable[BuildRequest],
-    host: Host,
-    state: BuildState,
+    host: Capability,
+    state: Failures,
     retry_backoff: float,
     now: float,
 ) -> Plan:
