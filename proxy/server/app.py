@@ -20,12 +20,14 @@ from proxy.server.errors import (
     ProjectNotFound,
     Redirect,
 )
+from proxy.server.files import Files
 from proxy.server.filestore import FileStore
 from proxy.server.intake import Conflict, Intake, Refused, Staging, TooLarge
 from proxy.server.keys import (
     CONFIG,
     DEMAND,
     DOWNLOADS,
+    FILES,
     INTAKE,
     METRICS,
     PAGES,
@@ -185,6 +187,16 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     app[INTAKE] = Intake(config, wheelhouse, pages)
     demand = await asyncio.to_thread(DemandQueue, demand_path(config))
     app[DEMAND] = demand
+    app[FILES] = Files(
+        config=config,
+        pages=pages,
+        wheelhouse=wheelhouse,
+        store=store,
+        downloads=downloads,
+        upstream=upstream,
+        demand=demand,
+        metrics=metrics,
+    )
     try:
         yield
     finally:

@@ -56,3 +56,12 @@ class FileUnavailable(DomainError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class TransferFailed(DomainError):
+    """A file failed after its response began: the transfer is aborted, never ended
+    cleanly (there is no status left to choose)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from proxy.config import Config
 from proxy.server.downloads import Downloader
+from proxy.server.files import Files
 from proxy.server.filestore import FileStore
 from proxy.server.intake import Intake, Staging
 from proxy.server.metrics import Metrics
@@ -23,6 +24,7 @@ PAGES = web.AppKey("pages", Pages)
 ROOT = web.AppKey("root", RootIndex)
 STORE = web.AppKey("store", FileStore)
 DOWNLOADS = web.AppKey("downloads", Downloader)
+FILES = web.AppKey("files", Files)
 WHEELHOUSE = web.AppKey("wheelhouse", Wheelhouse)
 DEMAND = web.AppKey("demand", DemandQueue)
 TOKENS = web.AppKey("tokens", TokenStore)
