@@ -9,15 +9,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from proxy.config import Config
-from proxy.server import fileviews, uploadviews, views
+from proxy.server import farmviews, fileviews, uploadviews, views
 from proxy.server.auth import Forbidden, Unauthenticated
 from proxy.server.downloads import Downloader
+from proxy.server.farm import BadJobRequest, Farm, LeaseLost
 from proxy.server.filestore import FileStore
 from proxy.server.intake import Conflict, Intake, Refused, Staging, TooLarge
 from proxy.server.keys import (
     CONFIG,
     DEMAND,
     DOWNLOADS,
+    FARM,
     INTAKE,
     METRICS,
     PAGES,
@@ -34,6 +36,7 @@ from proxy.server.rootindex import RootIndex
 from proxy.server.upstream import Upstream, UpstreamError
 from proxy.simple.names import InvalidProjectName
 from proxy.wheelhouse.demand import DemandQueue
+from proxy.wheelhouse.farmdb import FARM_DB, FarmDB
 from proxy.wheelhouse.store import Wheelhouse, demand_path
 from proxy.wheelhouse.tokens import TokenStore
 
@@ -63,9 +66,9 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = _refusal(401, exc, {"WWW-Authenticate": 'Basic realm="pythonbuild"'})
     except Forbidden as exc:
         response = _refusal(403, exc)
-    except Refused as exc:
+    except (Refused, BadJobRequest) as exc:
         response = _refusal(400, exc)
-    except Conflict as exc:
+    except (Conflict, LeaseLost) as exc:
         response = _refusal(409, exc)
     except TooLarge as exc:
         response = _refusal(413, exc)
@@ -133,9 +136,14 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     app[INTAKE] = Intake(config, wheelhouse, pages)
     demand = await asyncio.to_thread(DemandQueue, demand_path(config))
     app[DEMAND] = demand
+    farm_db = await asyncio.to_thread(
+        FarmDB, config.wheelhouse.path / FARM_DB, config.proxy.lease_timeout
+    )
+    app[FARM] = Farm(config, pages, wheelhouse, demand, farm_db, app[INTAKE])
     try:
         yield
     finally:
+        await asyncio.to_thread(farm_db.close)
         await asyncio.to_thread(demand.close)
         await downloads.close()
         await root.close()
@@ -156,4 +164,11 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/simple/{project}/", views.project_page)
     app.router.add_get("/files/{project}/{filename}", fileviews.project_file)
     app.router.add_post("/upload/", uploadviews.upload)
+    app.router.add_get("/api/v1/status", farmviews.status)
+    app.router.add_get("/api/v1/plan", farmviews.host_plan)
+    app.router.add_post("/api/v1/jobs/claim", farmviews.claim)
+    app.router.add_post("/api/v1/leases/{lease}/heartbeat", farmviews.heartbeat)
+    app.router.add_delete("/api/v1/leases/{lease}", farmviews.release)
+    app.router.add_put("/api/v1/leases/{lease}/wheels/{filename}", farmviews.hand_in)
+    app.router.add_post("/api/v1/leases/{lease}/failures", farmviews.failure)
     return app
