@@ -15,7 +15,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from builder.host import Host, known_identifiers
+from builder.host import Host, Known
 from builder.state import BuildState
 from proxy.buildplan.plan import Skip, plan
 from proxy.config import load_config
@@ -70,15 +70,13 @@ def main() -> None:
     page = parse_project_json(body, "http://127.0.0.1/simple/grpcio/")
     print(f"page: {len(page.files)} files, {len(page.versions)} versions")
     print(f"parse the page: {(time.perf_counter() - started) * 1000:.0f} ms")
-    version, known = known_identifiers()
     host = Host(
         os="linux",
         arch="x86_64",
         engine="docker",
         engine_problem="",
         emulated=frozenset({"aarch64"}),
-        cibuildwheel=version or "4",
-        known=known or frozenset(f"{p}-{q}" for p in PYTHONS for q in PLATFORMS),
+        known=Known(identifiers=frozenset(f"{p}-{q}" for p in PYTHONS for q in PLATFORMS)),
     )
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "config.ini"

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from proxy.buildplan.tags import Identifier, installs_on
+from proxy.buildplan.tags import installs_on
+from proxy.platforms import Identifier
 from proxy.wheelhouse.wheelcheck import WheelRejected
 
 from .invocation import CibwOptions, GroupRun, Recipe, compose

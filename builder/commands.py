@@ -19,6 +19,7 @@ from packaging.version import InvalidVersion, Version
 
 from proxy.buildplan.plan import Job, Plan, Skip, Skipped, plan, sdist_of
 from proxy.config import Config
+from proxy.platforms import Identifier
 from proxy.simple.model import DistFile, ProjectPage
 from proxy.wheelhouse.demand import DemandQueue
 from proxy.wheelhouse.store import Wheelhouse, demand_path
@@ -59,7 +60,7 @@ def plan_projects(
     config: Config, only: str | None, host: Host | None = None, now: float | None = None
 ) -> Iterator[ProjectPlan]:
     """Each supported project's plan, from its page as the proxy serves it."""
-    host = host or detect_host(config.builder.container_engine)
+    host = host or detect_host(config.builder.container_engine, config.builder.cibuildwheel)
     state = BuildState(config.builder.work_dir)
     wheelhouse = Wheelhouse(config.wheelhouse.path)
     with DemandQueue(demand_path(config)) as queue:
@@ -213,6 +214,11 @@ def make_builder(config: Config, results: Results, out: TextIO, *, live: bool = 
 
 def cmd_build(config: Config, requirement: str, only: str | None, out: TextIO) -> int:
     project, version = parse_requirement(requirement)
+    if only is not None:
+        try:
+            only = str(Identifier.parse(only))
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
     [pp] = list(plan_projects(config, project))
     if sdist_of(pp.page, version) is None:
         raise CommandError(f"{project} {version}: upstream has no sdist")

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from proxy.buildplan.tags import Identifier
 from proxy.config import BuilderConfig, BuildOptions
+from proxy.platforms import Identifier
 
 JOB_LABEL = "pythonbuild.job"
 

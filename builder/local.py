@@ -13,8 +13,8 @@ from typing import Any
 
 from packaging.utils import NormalizedName, canonicalize_name
 
-from proxy.buildplan.tags import Identifier
 from proxy.config import Config
+from proxy.platforms import Identifier
 from proxy.wheelhouse.demand import DemandQueue
 from proxy.wheelhouse.store import Wheelhouse, demand_path
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import configparser
 import math
-import re
 import shlex
 import sys
 from collections.abc import Mapping
@@ -20,24 +19,9 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import InvalidName, NormalizedName, canonicalize_name
 from yarl import URL
 
+from .platforms import PLATFORMS, PYTHON
+
 PROJECT_PREFIX = "project:"
-# cibuildwheel's platform names (the part of a build identifier after the interpreter).
-PLATFORMS = frozenset(
-    {
-        *(
-            f"{libc}_{arch}"
-            for libc in ("manylinux", "musllinux")
-            for arch in ("x86_64", "aarch64", "i686", "ppc64le", "s390x", "armv7l", "riscv64")
-        ),
-        "macosx_arm64",
-        "macosx_x86_64",
-        "macosx_universal2",
-        "win_amd64",
-        "win_arm64",
-        "win32",
-    }
-)
-_PYTHON = re.compile(r"(cp|pp)3[0-9]{1,2}t?", re.ASCII)
 _BUILD_OPTIONS = frozenset(
     {"versions", "latest", "pythons", "platforms", "environment", "before_build", "test_command"}
 )
@@ -255,7 +239,7 @@ def _build_options(reader: _Reader, section: str, defaults: BuildOptions | None)
         raise reader.fail(section, "latest", f"{latest_raw!r} is not a positive count")
     pythons = tuple(text("pythons", " ".join(d.pythons)).split())
     for python in pythons:
-        if not _PYTHON.fullmatch(python):
+        if not PYTHON.fullmatch(python):
             raise reader.fail(section, "pythons", f"{python!r} is not like cp312 or pp310")
     platforms = tuple(text("platforms", " ".join(d.platforms)).split())
     for platform in platforms:

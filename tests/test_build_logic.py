@@ -16,7 +16,7 @@ from builder.invocation import (
     default_test_command,
     labelled_engine,
 )
-from proxy.buildplan.tags import Identifier
+from proxy.platforms import Identifier
 
 
 @pytest.mark.parametrize(

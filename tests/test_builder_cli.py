@@ -145,6 +145,7 @@ async def test_cli_errors_are_one_line(
         (("build", "six==1.0"), "six is not a supported project"),
         (("build", "grpcio==9.9"), "upstream has no sdist"),
         (("plan", "no_such"), "no-such is not a supported project"),
+        (("build", "grpcio==1.0", "--only", "cp312-win_amd64"), "is not a build identifier"),
     ]:
         code, out = await builder(config, tmp_path / "home", *args)
         assert code != 0, out

@@ -22,11 +22,12 @@ from packaging.utils import InvalidSdistFilename, parse_sdist_filename
 from packaging.version import InvalidVersion, Version
 
 from proxy.config import ProjectConfig
+from proxy.platforms import Identifier
 from proxy.simple.model import DistFile, ProjectPage
 from proxy.wheelhouse.demand import BuildRequest
 
 from .failures import Failure
-from .tags import Identifier, tags_install_on, wheels_by_version
+from .tags import tags_install_on, wheels_by_version
 
 
 class Capability(Protocol):

@@ -10,64 +10,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from packaging.tags import Tag, compatible_tags, cpython_tags, mac_platforms
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+from proxy.platforms import Identifier
 
 _NEWEST_GLIBC_MINOR = 50
 _NEWEST_MUSL_MINOR = 9
 _NEWEST_MACOS = (30, 0)
 # PEP 600 aliases of the legacy manylinux tags.
 _LEGACY_MANYLINUX = {"manylinux2014": 17, "manylinux2010": 12, "manylinux1": 5}
-
-
-@dataclass(frozen=True, slots=True)
-class Identifier:
-    """A cibuildwheel build identifier such as cp312-manylinux_aarch64."""
-
-    python: str  # cp312, cp313t, pp310
-    platform: str  # manylinux_aarch64, macosx_arm64, ...
-
-    @classmethod
-    def parse(cls, identifier: str) -> Identifier:
-        python, sep, platform = identifier.partition("-")
-        if not sep or not platform:
-            raise ValueError(
-                f"{identifier!r} is not a build identifier like cp312-manylinux_x86_64"
-            )
-        return cls(python, platform)
-
-    def __str__(self) -> str:
-        return f"{self.python}-{self.platform}"
-
-    @property
-    def implementation(self) -> str:
-        return self.python[:2]
-
-    @property
-    def version(self) -> tuple[int, int]:
-        digits = self.python[2:].rstrip("t")
-        return int(digits[0]), int(digits[1:])
-
-    @property
-    def free_threaded(self) -> bool:
-        return self.python.endswith("t")
-
-    @property
-    def os(self) -> str:
-        """linux, macos or windows."""
-        if self.platform.startswith(("manylinux", "musllinux")):
-            return "linux"
-        if self.platform.startswith("macosx"):
-            return "macos"
-        return "windows"
-
-    @property
-    def arch(self) -> str:
-        if self.platform.startswith("win"):
-            return {"win32": "x86", "win_amd64": "AMD64", "win_arm64": "ARM64"}[self.platform]
-        return self.platform.split("_", 1)[1]
 
 
 def platform_tags(platform: str) -> list[str]:
@@ -85,7 +38,7 @@ def platform_tags(platform: str) -> list[str]:
         return [f"musllinux_1_{m}_{arch}" for m in range(_NEWEST_MUSL_MINOR, -1, -1)]
     if family == "macosx":
         return list(mac_platforms(_NEWEST_MACOS, arch))
-    return [platform]  # win32, win_amd64, win_arm64
+    raise ValueError(f"{platform!r} is not a Linux or macOS platform")
 
 
 @functools.cache

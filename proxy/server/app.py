@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -12,7 +13,15 @@ from proxy.config import Config
 from proxy.server import farmviews, fileviews, uploadviews, views
 from proxy.server.auth import Forbidden, Unauthenticated
 from proxy.server.downloads import Downloader
+from proxy.server.errors import (
+    FileNotListed,
+    FileUnavailable,
+    NotAcceptable,
+    ProjectNotFound,
+    Redirect,
+)
 from proxy.server.farm import BadJobRequest, Farm, LeaseLost
+from proxy.server.files import Files
 from proxy.server.filestore import FileStore
 from proxy.server.intake import Conflict, Intake, Refused, Staging, TooLarge
 from proxy.server.keys import (
@@ -20,6 +29,7 @@ from proxy.server.keys import (
     DEMAND,
     DOWNLOADS,
     FARM,
+    FILES,
     INTAKE,
     METRICS,
     PAGES,
@@ -32,8 +42,9 @@ from proxy.server.keys import (
 )
 from proxy.server.metrics import Metrics
 from proxy.server.pagecache import PageCache
+from proxy.server.pages import Pages
 from proxy.server.rootindex import RootIndex
-from proxy.server.upstream import Upstream, UpstreamError
+from proxy.server.upstream import Upstream, UpstreamError, UpstreamTimeout
 from proxy.simple.names import InvalidProjectName
 from proxy.wheelhouse.demand import DemandQueue
 from proxy.wheelhouse.farmdb import FARM_DB, FarmDB
@@ -43,6 +54,76 @@ from proxy.wheelhouse.tokens import TokenStore
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Answer = Callable[[Any], web.Response]
+
+
+def _text(status: int, headers: Mapping[str, str] | None = None) -> Answer:
+    """An answer whose body is the error's own message, one line."""
+
+    def answer(exc: Exception) -> web.Response:
+        return web.Response(status=status, text=f"{exc}\n", headers=headers)
+
+    return answer
+
+
+def _redirect(exc: Redirect) -> web.Response:
+    return web.Response(
+        status=301 if exc.permanent else 307,
+        headers={"Location": exc.location},
+        text=f"see {exc.location}\n",
+    )
+
+
+def _refusal(
+    status: int, headers: Mapping[str, str] | None = None, *, close: bool = False
+) -> Answer:
+    """One line of text, also as the status line's reason: twine shows only the reason.
+    With `close`, whatever the client is still sending is not read: the connection closes
+    instead of draining it."""
+
+    def answer(exc: Exception) -> web.Response:
+        line = str(exc).replace("\r", " ").replace("\n", " ")
+        reason = line.encode("ascii", "replace").decode()[:200]
+        response = web.Response(status=status, reason=reason, text=f"{line}\n", headers=headers)
+        if close:
+            response.force_close()
+        return response
+
+    return answer
+
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+# The one place a domain error becomes a status. Looked up along the exception's
+# MRO, so a subclass (UpstreamTimeout) may have its own row before its base's.
+ERRORS: dict[type[Exception], Answer] = {
+    InvalidProjectName: _text(404),
+    ProjectNotFound: _text(404, {"Vary": "Accept"}),
+    FileNotListed: _text(404),
+    NotAcceptable: _text(406, {"Vary": "Accept"}),
+    Redirect: _redirect,
+    # Nothing held and upstream failed: never a 404, never an empty 200.
+    UpstreamTimeout: _text(504, NO_STORE),
+    UpstreamError: _text(502, NO_STORE),
+    FileUnavailable: _text(502, NO_STORE),
+    # Uploads.
+    Unauthenticated: _refusal(401, {"WWW-Authenticate": 'Basic realm="pythonbuild"'}),
+    Forbidden: _refusal(403),
+    Refused: _refusal(400),
+    Conflict: _refusal(409),
+    TooLarge: _refusal(413, close=True),
+    # The jobs API.
+    BadJobRequest: _refusal(400),
+    LeaseLost: _refusal(409),
+}
+
+
+def answer_for(exc: Exception) -> web.Response | None:
+    for kind in type(exc).__mro__:
+        answer = ERRORS.get(kind)
+        if answer is not None:
+            return answer(exc)
+    return None
 
 
 @web.middleware
@@ -53,42 +134,17 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     metrics = request.app[METRICS]
     try:
         response = await handler(request)
-    except InvalidProjectName as exc:
-        response = web.Response(status=404, text=f"{exc}\n")
-    except UpstreamError as exc:
-        # Nothing held and upstream failed: never a 404, never an empty 200.
-        response = web.Response(
-            status=exc.http_status,
-            text=f"upstream unavailable: {exc.kind}\n",
-            headers={"Cache-Control": "no-store"},
-        )
-    except Unauthenticated as exc:
-        response = _refusal(401, exc, {"WWW-Authenticate": 'Basic realm="pythonbuild"'})
-    except Forbidden as exc:
-        response = _refusal(403, exc)
-    except (Refused, BadJobRequest) as exc:
-        response = _refusal(400, exc)
-    except (Conflict, LeaseLost) as exc:
-        response = _refusal(409, exc)
-    except TooLarge as exc:
-        response = _refusal(413, exc)
-        # Whatever the client is still sending is not read: close instead of draining it.
-        response.force_close()
-    except web.HTTPException as exc:
+    except web.HTTPException as exc:  # aiohttp's own: no route, method not allowed
         metrics.requests.inc(route=route, status=str(exc.status))
         raise
-    except Exception:
-        metrics.requests.inc(route=route, status="500")  # a bug: aiohttp answers 500
-        raise
+    except Exception as exc:
+        answer = answer_for(exc)
+        if answer is None:
+            metrics.requests.inc(route=route, status="500")  # a bug: aiohttp answers 500
+            raise
+        response = answer
     metrics.requests.inc(route=route, status=str(response.status))
     return response
-
-
-def _refusal(status: int, exc: Exception, headers: dict[str, str] | None = None) -> web.Response:
-    """One line of text, also as the status line's reason: twine shows only the reason."""
-    line = str(exc).replace("\r", " ").replace("\n", " ")
-    reason = line.encode("ascii", "replace").decode()[:200]
-    return web.Response(status=status, reason=reason, text=f"{line}\n", headers=headers)
 
 
 async def _state(app: web.Application) -> AsyncIterator[None]:
@@ -97,18 +153,27 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     await upstream.start()
     app[UPSTREAM] = upstream
     cache_dir = config.proxy.cache_dir
-    pages = PageCache(
+    metrics = app[METRICS]
+
+    def wheelhouse_damage(kind: str, message: str) -> None:
+        # A page still goes out with upstream's files and whatever local wheels could be read.
+        log.warning("local wheels not served: %s", message)
+        metrics.wheelhouse_errors.inc(kind=kind)
+
+    wheelhouse = Wheelhouse(config.wheelhouse.path, on_damage=wheelhouse_damage)
+    app[WHEELHOUSE] = wheelhouse
+    page_cache = PageCache(
         cache_dir / "pages",
         upstream,
         app[METRICS],
         ttl=config.proxy.page_ttl,
         negative_ttl=config.proxy.negative_ttl,
     )
+    pages = Pages(config, page_cache, wheelhouse, upstream)
     app[PAGES] = pages
     root = RootIndex(cache_dir / "root", upstream, app[METRICS], ttl=config.proxy.root_ttl)
     await root.open()
     app[ROOT] = root
-    metrics = app[METRICS]
     store = FileStore(
         cache_dir / "files",
         config.proxy.cache_max_size,
@@ -118,14 +183,6 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     downloads = Downloader(store, upstream, metrics)
     app[DOWNLOADS] = downloads
-
-    def wheelhouse_damage(kind: str, message: str) -> None:
-        # A page still goes out with upstream's files and whatever local wheels could be read.
-        log.warning("local wheels not served: %s", message)
-        metrics.wheelhouse_errors.inc(kind=kind)
-
-    wheelhouse = Wheelhouse(config.wheelhouse.path, on_damage=wheelhouse_damage)
-    app[WHEELHOUSE] = wheelhouse
     config.wheelhouse.path.mkdir(parents=True, exist_ok=True)
     tokens = TokenStore(config.wheelhouse.path)
     await asyncio.to_thread(tokens.reload)
@@ -136,6 +193,16 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     app[INTAKE] = Intake(config, wheelhouse, pages)
     demand = await asyncio.to_thread(DemandQueue, demand_path(config))
     app[DEMAND] = demand
+    app[FILES] = Files(
+        config=config,
+        pages=pages,
+        wheelhouse=wheelhouse,
+        store=store,
+        downloads=downloads,
+        upstream=upstream,
+        demand=demand,
+        metrics=metrics,
+    )
     farm_db = await asyncio.to_thread(
         FarmDB, config.wheelhouse.path / FARM_DB, config.proxy.lease_timeout
     )

@@ -20,9 +20,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from proxy.server.errors import FileUnavailable, TransferFailed
 from proxy.server.filestore import FileStore, Partial, StoreError
 from proxy.server.metrics import Metrics
-from proxy.server.upstream import Upstream, UpstreamError
+from proxy.server.upstream import Upstream, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class Source:
 
 
 class Download:
+    """One file being fetched; clients follow it with follow()."""
+
     def __init__(self, source: Source) -> None:
         self.source = source
         self.content_length: int | None = source.size
@@ -57,36 +60,88 @@ class Download:
     def written(self) -> int:
         return self.partial.written if self.partial is not None else 0
 
+    def raise_if_failed(self) -> None:
+        """Once finished: nothing if the file is whole and kept, else the failure as
+        a domain error (a timeout stays one, for its own answer)."""
+        if isinstance(self.error, UpstreamTimeout):
+            raise self.error
+        if self.error is not None:
+            raise FileUnavailable(f"upstream file unavailable or corrupt: {self.error}")
+
+    def follow(self) -> Follower | None:
+        """A reader of the file as it is written, or None once the download has ended
+        and closed its partial file (the committed file, if any, is on disk then).
+
+        Call it once `started` is set, with no await between it and the check it
+        depends on: the partial's fd cannot close while a reader is attached.
+        """
+        if self._closed or self.partial is None:
+            return None
+        self._readers += 1
+        return Follower(self)
+
     async def notify(self) -> None:
         async with self._progress:
             self._progress.notify_all()
 
-    async def wait_beyond(self, offset: int) -> None:
+    async def _wait_beyond(self, offset: int) -> None:
         """Return once more than `offset` bytes are written, or the download ended."""
         async with self._progress:
             await self._progress.wait_for(lambda: self.written > offset or self.finished.is_set())
 
-    def attach(self) -> bool:
-        """Become a reader of the partial file; False once it is closed (the download
-        ended with no reader left), in which case the committed file is on disk."""
-        if self._closed or self.partial is None:
-            return False
-        self._readers += 1
-        return True
-
-    def detach(self) -> None:
+    def _detach(self) -> None:
         self._readers -= 1
-        self._maybe_close()
+        self.maybe_close()
 
-    def _maybe_close(self) -> None:
+    def maybe_close(self) -> None:
         if self.finished.is_set() and self._readers == 0 and not self._closed:
             self._closed = True
             if self.partial is not None:
                 os.close(self.partial.fd)
 
-    async def read(self, offset: int, limit: int) -> bytes:
+    async def _read(self, offset: int, limit: int) -> bytes:
         assert self.partial is not None
         return await asyncio.to_thread(os.pread, self.partial.fd, limit, offset)
+
+
+class Follower:
+    """One client following a download: reads what is written, from the partial file.
+
+    The last byte is held back until the file is verified, so a client never sees a
+    clean, complete response with wrong or fewer bytes: on failure chunks() raises
+    TransferFailed after what was safe to send, and the caller aborts the transfer.
+    close() (idempotent) must be called when done, whether or not chunks() ran.
+    """
+
+    def __init__(self, download: Download) -> None:
+        self._download = download
+        self._open = True
+
+    @property
+    def content_length(self) -> int | None:
+        return self._download.content_length
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        download = self._download
+        sent = 0
+        while True:
+            ok = download.finished.is_set() and download.error is None
+            limit = download.written if ok else download.written - 1
+            if sent < limit:
+                chunk = await download._read(sent, min(CHUNK, limit - sent))
+                yield chunk
+                sent += len(chunk)
+                continue
+            if download.finished.is_set():
+                break
+            await download._wait_beyond(sent + 1)
+        if download.error is not None:
+            raise TransferFailed(f"{download.source.url}: {download.error}")
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._download._detach()
 
 
 class Downloader:
@@ -216,6 +271,6 @@ class Downloader:
             self._metrics.file_fetch_seconds.observe(time.monotonic() - started)
             download.finished.set()
             download.started.set()
-            download._maybe_close()
+            download.maybe_close()
             with contextlib.suppress(RuntimeError):
                 await download.notify()

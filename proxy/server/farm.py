@@ -24,10 +24,11 @@ from packaging.utils import NormalizedName, canonicalize_name
 
 from proxy.atomic import write_atomically
 from proxy.buildplan.plan import Job, Plan, Skip, Skipped, plan, sdist_of
-from proxy.buildplan.tags import Identifier, tags_install_on
+from proxy.buildplan.tags import tags_install_on
 from proxy.config import Config
+from proxy.platforms import Identifier
 from proxy.server.intake import Intake, Refused
-from proxy.server.pagecache import PageCache
+from proxy.server.pages import Pages
 from proxy.server.upstream import UpstreamError
 from proxy.simple.model import DistFile, ProjectPage
 from proxy.wheelhouse.demand import DemandQueue
@@ -96,7 +97,7 @@ class Farm:
     def __init__(
         self,
         config: Config,
-        pages: PageCache,
+        pages: Pages,
         wheelhouse: Wheelhouse,
         demand: DemandQueue,
         db: FarmDB,
@@ -119,7 +120,7 @@ class Farm:
         inputs: list[tuple[NormalizedName, ProjectPage, list[str]]] = []
         for name in sorted(self.config.projects):
             try:
-                page = (await self._pages.get(name)).entry.page
+                page = await self._pages.listing(name)
             except UpstreamError:
                 continue
             if page is None:

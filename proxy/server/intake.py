@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 from packaging.utils import NormalizedName
 
 from proxy.config import Config
-from proxy.server.pagecache import PageCache
+from proxy.server.pages import Pages
 from proxy.wheelhouse.intake import FilenameTaken, Published, UpstreamHasFilename, admit, check
 from proxy.wheelhouse.store import Wheelhouse
 from proxy.wheelhouse.wheelcheck import CheckedWheel, WheelRejected
@@ -89,7 +89,7 @@ class Spool:
 
 
 class Intake:
-    def __init__(self, config: Config, wheelhouse: Wheelhouse, pages: PageCache) -> None:
+    def __init__(self, config: Config, wheelhouse: Wheelhouse, pages: Pages) -> None:
         self._config = config
         self._wheelhouse = wheelhouse
         self._pages = pages
@@ -113,7 +113,7 @@ class Intake:
             raise Refused(str(exc)) from None
         if accept is not None:
             accept(checked)
-        page = (await self._pages.get(checked.name)).entry.page
+        page = await self._pages.listing(checked.name)
         upstream = frozenset(f.filename for f in page.files) if page is not None else frozenset()
         try:
             return await asyncio.to_thread(admit, self._wheelhouse, checked, path, upstream, origin)

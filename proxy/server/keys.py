@@ -7,10 +7,11 @@ from aiohttp import web
 from proxy.config import Config
 from proxy.server.downloads import Downloader
 from proxy.server.farm import Farm
+from proxy.server.files import Files
 from proxy.server.filestore import FileStore
 from proxy.server.intake import Intake, Staging
 from proxy.server.metrics import Metrics
-from proxy.server.pagecache import PageCache
+from proxy.server.pages import Pages
 from proxy.server.rootindex import RootIndex
 from proxy.server.upstream import Upstream
 from proxy.wheelhouse.demand import DemandQueue
@@ -20,10 +21,11 @@ from proxy.wheelhouse.tokens import TokenStore
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 UPSTREAM = web.AppKey("upstream", Upstream)
-PAGES = web.AppKey("pages", PageCache)
+PAGES = web.AppKey("pages", Pages)
 ROOT = web.AppKey("root", RootIndex)
 STORE = web.AppKey("store", FileStore)
 DOWNLOADS = web.AppKey("downloads", Downloader)
+FILES = web.AppKey("files", Files)
 WHEELHOUSE = web.AppKey("wheelhouse", Wheelhouse)
 DEMAND = web.AppKey("demand", DemandQueue)
 TOKENS = web.AppKey("tokens", TokenStore)

@@ -23,9 +23,7 @@ MAX_REDIRECTS = 5
 
 
 class UpstreamError(Exception):
-    """Upstream failed us: unreachable, 5xx, garbage. Answered 502 when nothing is cached."""
-
-    http_status = 502
+    """Upstream failed us: unreachable, 5xx, garbage, or sent us somewhere we do not go."""
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(f"upstream {kind}: {detail}")
@@ -41,7 +39,7 @@ def _check_target(url: URL, allowed_hosts: frozenset[str]) -> None:
 
 
 class UpstreamTimeout(UpstreamError):
-    http_status = 504
+    """Upstream did not answer in time."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,238 @@
+"""`Files`: how a distribution file (or its PEP 658 metadata) is served, decided in one place.
+
+A file is found only by its filename on the project page the proxy holds; the
+outbound URL, the expected sha256 and size all come from that page, never from
+the client. The decision is a value the handler turns into a response:
+
+- OnDisk: a verified file on disk, ours (the wheelhouse) or the cache's, sent with
+  sendfile; a Range on a cold file waits for the download and ends here too;
+- Following: a cold file, streamed as the one running download writes it;
+- Relayed: the page gives no sha256, so the file cannot be verified: relayed from
+  upstream, never kept.
+
+Failures are domain errors (FileNotListed, FileUnavailable, UpstreamError).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import aiohttp
+from packaging.utils import InvalidSdistFilename, NormalizedName, parse_sdist_filename
+from packaging.version import InvalidVersion
+from yarl import URL
+
+from proxy.config import Config
+from proxy.diskfile import CachedFile, is_sha256
+from proxy.server.downloads import CHUNK, Download, Downloader, Follower, Source
+from proxy.server.errors import FileNotListed, FileUnavailable, TransferFailed
+from proxy.server.filestore import FileStore
+from proxy.server.metrics import Metrics
+from proxy.server.pages import Pages
+from proxy.server.upstream import Upstream, UpstreamError
+from proxy.server.xcache import CacheStatus
+from proxy.simple.model import DistFile, ProjectPage, is_safe_filename
+from proxy.simple.names import project_name
+from proxy.wheelhouse.demand import DemandQueue, client_platform
+from proxy.wheelhouse.store import Wheelhouse
+
+log = logging.getLogger(__name__)
+
+METADATA_SUFFIX = ".metadata"
+
+
+def _nothing() -> None:
+    pass
+
+
+def _uncounted(_n: int) -> None:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class OnDisk:
+    """A verified file on disk. `release` unpins it (eviction skips pinned files) once
+    sent; `sent` counts the bytes a GET sent."""
+
+    file: CachedFile
+    cache: CacheStatus
+    release: Callable[[], None] = _nothing
+    sent: Callable[[int], None] = _uncounted
+
+
+@dataclass(frozen=True, slots=True)
+class Following:
+    """A cold file, streamed from the download that fetches it (already attached)."""
+
+    follower: Follower
+    cache: CacheStatus = CacheStatus.MISS
+
+
+@dataclass(frozen=True, slots=True)
+class RelayBody:
+    content_length: int | None
+    chunks: AsyncIterator[bytes]  # raises TransferFailed if upstream fails mid-way
+
+
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    """A file the page gives no sha256 for: relayed from upstream, never stored."""
+
+    url: str
+    upstream: Upstream = field(repr=False)
+    allowed_hosts: frozenset[str]
+    cache: CacheStatus = CacheStatus.MISS
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[RelayBody]:
+        """Upstream's response; UpstreamError (before anything is sent) if it fails."""
+        async with self.upstream.stream(self.url, "file", allowed_hosts=self.allowed_hosts) as resp:
+            yield RelayBody(resp.content_length, _relay_chunks(resp, self.url))
+
+
+FileDecision = OnDisk | Following | Relayed
+
+
+async def _relay_chunks(resp: aiohttp.ClientResponse, url: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in resp.content.iter_chunked(CHUNK):
+            yield chunk
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise TransferFailed(f"{url}: {exc!r}") from None
+
+
+class Files:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        pages: Pages,
+        wheelhouse: Wheelhouse,
+        store: FileStore,
+        downloads: Downloader,
+        upstream: Upstream,
+        demand: DemandQueue,
+        metrics: Metrics,
+    ) -> None:
+        self._config = config
+        self._pages = pages
+        self._wheelhouse = wheelhouse
+        self._store = store
+        self._downloads = downloads
+        self._upstream = upstream
+        self._demand = demand
+        self._metrics = metrics
+
+    async def get(
+        self, project: str, filename: str, *, user_agent: str | None, ranged: bool
+    ) -> FileDecision:
+        """How to serve `filename` of `project` (as the client wrote both).
+
+        `ranged`: the client asked for part of the file; a cold one is then
+        answered from disk once whole and verified (pip resuming, uv probing).
+        """
+        name = project_name(project)
+        if not is_safe_filename(filename):
+            raise FileNotListed()
+        supported = self._config.is_supported(name)
+        page = await self._listing(name, supported)
+        wanted = filename.removesuffix(METADATA_SUFFIX)
+        metadata = wanted != filename
+        f = page.file(wanted) if page is not None else None
+        if f is None and supported:
+            # Not upstream's (upstream wins a clash): perhaps one of our wheels.
+            local = await asyncio.to_thread(self._wheelhouse.servable, name, filename)
+            if local is not None:
+                self._metrics.file_cache.inc(result="local")
+                return OnDisk(local, CacheStatus.LOCAL)
+        if f is None or (metadata and not f.core_metadata):
+            raise FileNotListed()
+        if supported and not metadata:
+            await self._record_demand(name, f.filename, user_agent)
+        if not f.url.startswith(("https://", "http://")):
+            raise FileNotListed()
+        source, url = self._source(f, metadata)
+        if source is None:
+            self._metrics.file_cache.inc(result="passthrough")
+            return Relayed(url, self._upstream, self._allowed_hosts(url))
+        hit = await self._from_disk(source.sha256, CacheStatus.HIT)
+        if hit is not None:
+            self._metrics.file_cache.inc(result="hit")
+            return hit
+        self._metrics.file_cache.inc(result="miss")
+        download = self._downloads.get(source)
+        if not ranged:
+            await download.started.wait()
+            follower = download.follow()
+            if follower is not None:
+                return Following(follower)
+        # A Range, or a download that ended before we could follow it: from disk.
+        return await self._when_whole(download)
+
+    async def _listing(self, name: NormalizedName, supported: bool) -> ProjectPage | None:
+        try:
+            return await self._pages.listing(name)
+        except UpstreamError:
+            if not supported:
+                raise
+            return None  # upstream down: the wheelhouse still answers for its own files
+
+    def _source(self, f: DistFile, metadata: bool) -> tuple[Source | None, str]:
+        """What to fetch for a file (or its .metadata): a verifiable Source, or a URL."""
+        hashes = f.hashes
+        url = f.url
+        size = f.size
+        if metadata:
+            hashes = f.core_metadata if isinstance(f.core_metadata, dict) else {}
+            url += METADATA_SUFFIX
+            size = None
+        sha256 = hashes.get("sha256", "").lower()
+        if not is_sha256(sha256):
+            return None, url
+        return Source(
+            url=url, sha256=sha256, size=size, allowed_hosts=self._allowed_hosts(url)
+        ), url
+
+    def _allowed_hosts(self, url: str) -> frozenset[str]:
+        return frozenset(h for h in (self._upstream.root.host, URL(url).host) if h is not None)
+
+    async def _from_disk(self, sha256: str, cache: CacheStatus) -> OnDisk | None:
+        store = self._store
+        held = await asyncio.to_thread(store.lookup, sha256)
+        if held is None:
+            return None
+        counter = self._metrics.file_bytes
+        return OnDisk(
+            held,
+            cache,
+            release=lambda: store.release(sha256),
+            sent=lambda n: counter.inc(n, source="cache"),
+        )
+
+    async def _when_whole(self, download: Download) -> OnDisk:
+        await download.finished.wait()
+        download.raise_if_failed()
+        hit = await self._from_disk(download.source.sha256, CacheStatus.MISS)
+        if hit is None:
+            raise FileUnavailable("file evicted while fetched")
+        return hit
+
+    async def _record_demand(self, project: str, filename: str, user_agent: str | None) -> None:
+        """A client fetching the sdist of a supported project lacks a wheel for its
+        platform: note its interpreter and platform (from the User-Agent) for the builder."""
+        try:
+            version = str(parse_sdist_filename(filename)[1])
+        except (InvalidSdistFilename, InvalidVersion):
+            return  # a wheel, or something else: nothing to build
+        client = client_platform(user_agent)
+        if client is None:
+            return  # no or unreadable User-Agent: record nothing, break nothing
+        try:
+            await asyncio.to_thread(self._demand.record, project, version, client)
+        except sqlite3.Error as exc:
+            log.warning("could not record a build request for %s %s: %s", project, version, exc)

@@ -1,0 +1,190 @@
+"""`Pages`: the whole project page path behind one call, returning one value.
+
+    upstream page (PageCache: fetch, freshness, disk)
+      -> merge our wheels (proxy.wheelhouse.merge, pure)
+      -> render in the negotiated format (proxy.simple.render, in a thread)
+      -> memoized, by what changes the bytes
+
+The memo is keyed by the upstream page's generation, the wheelhouse manifest's
+signature and JSON-or-HTML (text/html and the v1+html type are the same bytes),
+and bounded by the bytes it holds. Nothing in it is ever mutated: a new
+generation or manifest is a new key, and the old one ages out.
+
+Failures are domain errors (proxy.server.errors, UpstreamError); the handler only
+turns the value into a response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from packaging.utils import NormalizedName, canonicalize_name
+
+from proxy.config import Config
+from proxy.server.errors import ProjectNotFound, Redirect
+from proxy.server.lru import ByteLRU
+from proxy.server.pagecache import PageCache, PageResult
+from proxy.server.upstream import Upstream, UpstreamError
+from proxy.server.xcache import CacheStatus
+from proxy.simple.model import DistFile, ProjectPage
+from proxy.simple.negotiate import Format
+from proxy.simple.render import render_project_html, render_project_json
+from proxy.wheelhouse.merge import merge
+from proxy.wheelhouse.store import Manifest, Wheelhouse
+
+# Beside each body: its ETag, the key and the memo's own bookkeeping.
+_ENTRY_OVERHEAD = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    body: bytes
+    etag: str  # strong, quoted: a hash of the body
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A project page as it goes out, whatever it took to make it."""
+
+    body: bytes
+    etag: str
+    format: Format
+    max_age: int  # seconds it stays fresh for clients; 0 with `stale`
+    stale: bool  # upstream failed: the held copy, to be revalidated by clients
+    serial: int | None  # upstream's X-PyPI-Last-Serial, when known
+    cache: CacheStatus
+
+
+@dataclass(frozen=True, slots=True)
+class MemoStats:
+    entries: int
+    bytes: int  # bodies and their bookkeeping
+    budget: int
+
+
+# (project, upstream page generation or None, manifest signature or None, JSON?)
+MemoKey = tuple[str, int | None, object, bool]
+
+
+class Pages:
+    def __init__(
+        self,
+        config: Config,
+        cache: PageCache,
+        wheelhouse: Wheelhouse,
+        upstream: Upstream,
+        *,
+        memo_budget: int = 64 * 1024 * 1024,
+    ) -> None:
+        self._config = config
+        self._cache = cache
+        self._wheelhouse = wheelhouse
+        self._upstream = upstream
+        self._memo: ByteLRU[MemoKey, Rendered] = ByteLRU(memo_budget)
+
+    async def close(self) -> None:
+        await self._cache.close()
+
+    @property
+    def memo(self) -> MemoStats:
+        return MemoStats(len(self._memo), self._memo.size, self._memo.budget)
+
+    async def listing(self, name: NormalizedName) -> ProjectPage | None:
+        """Upstream's page as held (None for a remembered 404): what file requests are
+        checked against. Raises UpstreamError when upstream fails and nothing is held."""
+        return (await self._cache.get(name)).entry.page
+
+    async def get(self, name: NormalizedName, fmt: Format) -> Page:
+        """The page of a normalized project name in `fmt`.
+
+        Raises Redirect (unsupported projects, when configured), ProjectNotFound, or
+        UpstreamError when upstream fails and nothing can be served.
+        """
+        supported = self._config.is_supported(name)
+        if self._config.proxy.unsupported == "redirect" and not supported:
+            # Temporary: pip caches a 301 for good, and the project may become supported.
+            raise Redirect(str(self._upstream.page_url(name)), permanent=False)
+        result, failure = await self._upstream_page(name, supported)
+        manifest = await self._manifest(name) if supported else None
+        upstream = result.entry.page if result is not None else None
+        local = manifest.wheels if manifest is not None else {}
+        if upstream is None and not local:
+            if failure is not None:
+                raise failure
+            raise ProjectNotFound(name)
+        key: MemoKey = (
+            name,
+            result.entry.generation if upstream is not None and result is not None else None,
+            manifest.signature if manifest is not None and local else None,
+            fmt.is_json,
+        )
+        rendered = self._memo.get(key)
+        if rendered is None:
+            # The merge happens on the way out, so a page cached before a publish
+            # shows the new wheel at once.
+            page = merge(upstream, name, local.values())
+            rendered = await asyncio.to_thread(_render, page, name, fmt.is_json)
+            self._memo.put(key, rendered, len(rendered.body) + _ENTRY_OVERHEAD)
+        return self._value(rendered, fmt, result, failure, upstream is None)
+
+    async def _upstream_page(
+        self, name: NormalizedName, supported: bool
+    ) -> tuple[PageResult | None, UpstreamError | None]:
+        try:
+            return await self._cache.get(name), None
+        except UpstreamError as exc:
+            if not supported:
+                raise
+            # A supported project is served whatever upstream does: pip falls back
+            # to other indexes on a 5xx, and uv fails outright.
+            return None, exc
+
+    async def _manifest(self, name: NormalizedName) -> Manifest:
+        # A warm page needs only a stat() to know the manifest is unchanged; a thread
+        # hop would cost more than that. Reading and parsing a changed one goes to a thread.
+        held = self._wheelhouse.unchanged(name)
+        if held is not None:
+            return held
+        return await asyncio.to_thread(self._wheelhouse.manifest, name)
+
+    @staticmethod
+    def _value(
+        rendered: Rendered,
+        fmt: Format,
+        result: PageResult | None,
+        failure: UpstreamError | None,
+        local_only: bool,
+    ) -> Page:
+        stale = failure is not None or (result is not None and result.stale)
+        # Our wheels alone (upstream has no such project, or failed with nothing held).
+        cache = CacheStatus.LOCAL if local_only or result is None else result.status
+        max_age = 0 if stale or result is None else max(0, int(result.expires_at - time.time()))
+        return Page(
+            body=rendered.body,
+            etag=rendered.etag,
+            format=fmt,
+            max_age=max_age,
+            stale=stale,
+            serial=result.entry.serial if result is not None else None,
+            cache=cache,
+        )
+
+
+def _file_url(project: str, f: DistFile) -> str:
+    # Relative to /simple/{project}/, so the proxy works behind any host or prefix.
+    return f"../../files/{project}/{quote(f.filename)}"
+
+
+def _render(page: ProjectPage, name: NormalizedName, as_json: bool) -> Rendered:
+    """Render a page for clients (called in a worker thread)."""
+    project = canonicalize_name(name)
+
+    def url_for(f: DistFile) -> str:
+        return _file_url(project, f)
+
+    body = render_project_json(page, url_for) if as_json else render_project_html(page, url_for)
+    return Rendered(body, f'"{hashlib.sha256(body).hexdigest()[:32]}"')
