@@ -68,7 +68,7 @@ HTML_CASES = {
     'b.tar.gz">b.tar.gz</a>',
     "comment": '<!-- <a href="https://h.example/hidden-1.0.tar.gz">hidden-1.0.tar.gz</a> -->'
     '<a href="https://h.example/x-1.0.tar.gz">x-1.0.tar.gz</a>',
-    "script": '<script>var s = \'<a href="https://h.example/s-1.0.tar.gz">s</a>\';</script>'
+    "script": "<script>var s = '<a href=\"https://h.example/s-1.0.tar.gz\">s</a>';</script>"
     '<a href="https://h.example/x-1.0.tar.gz">x-1.0.tar.gz</a>',
     "title holding an anchor": '<title><a href="https://h.example/t-1.0.tar.gz">t</a></title>',
     "textarea": '<textarea><a href="https://h.example/t-1.0.tar.gz">t</a></textarea>',

@@ -276,7 +276,7 @@ ODD_ROOTS = {
     "plain": PLAIN_ROOT,
     "comment midway": PLAIN_ROOT.replace("P_1500<", "P_1500<!-- <a>hidden</a> --><"),
     "script midway": PLAIN_ROOT.replace(
-        "<a href=\"/simple/p-2000/\">", '<script>"<a>x</a>"</script><a href="/simple/p-2000/">'
+        '<a href="/simple/p-2000/">', '<script>"<a>x</a>"</script><a href="/simple/p-2000/">'
     ),
     "uppercase": PLAIN_ROOT.replace("<a href", "<A HREF").replace("</a>", "</A>"),
     "spaced end tags": PLAIN_ROOT.replace("</a>", "</a >"),
