@@ -109,10 +109,13 @@ class FileStore:
 
     # -- start-up -----------------------------------------------------------------
 
-    def open(self) -> None:
-        """Create the folders, drop leftovers of a crash, index what is there by recency."""
+    def open(self, *, clean: bool = True) -> None:
+        """Create the folders, drop leftovers of a crash, index what is there by recency.
+
+        `clean=False` (another process, `verify`, while the proxy runs) leaves the
+        downloads in progress and the size cap to the proxy."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with self._dir(TMP, fresh=True), self._dir(FILES) as files:
+        with self._dir(TMP, fresh=clean), self._dir(FILES) as files:
             found: list[tuple[int, str, int]] = []
             for bucket in os.scandir(files):
                 if not bucket.is_dir(follow_symlinks=False):
@@ -132,7 +135,8 @@ class FileStore:
             for atime, sha, size in sorted(found):
                 self._index[sha] = _Entry(size=size, touched_ns=atime)
                 self.total += size
-        self.evict()
+        if clean:
+            self.evict()
 
     # -- folders, never through a symlink -------------------------------------------
 
