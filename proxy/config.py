@@ -38,6 +38,8 @@ _KNOWN_OPTIONS = {
             "upstream_timeout",
             "unsupported",
             "cache_max_size",
+            "scrub_rate",
+            "scrub_interval",
             "max_upload_size",
             "lease_timeout",
         }
@@ -53,6 +55,8 @@ _KNOWN_OPTIONS = {
             "retry_backoff",
             "poll_interval",
             "cibuildwheel",
+            "server",
+            "token_file",
             *(f"{p}_image" for p in PLATFORMS),
         }
     )
@@ -77,6 +81,10 @@ class ProxyConfig:
     upstream_timeout: float
     unsupported: Literal["proxy", "redirect"]
     cache_max_size: int | None  # bytes of distribution files kept; None: no cap
+    # Bytes per second the background scrubber re-hashes cached files and wheelhouse
+    # wheels at; 0: no scrubbing (`pythonbuild-proxy verify` still runs a pass).
+    scrub_rate: int = 10 << 20
+    scrub_interval: float = 3600  # seconds from one pass's start to the next one's, at least
     max_upload_size: int  # bytes of one POST /upload/ body
     lease_timeout: float  # seconds a build host keeps a job without a heartbeat
 
@@ -126,6 +134,10 @@ class BuilderConfig:
     # default: this interpreter running `-m cibuildwheel`.
     cibuildwheel: tuple[str, ...]
     defaults: BuildOptions
+    # A build host's proxy (remote mode: jobs and wheels over HTTP, no wheelhouse access),
+    # its root URL ending in "/"; None: this host shares the wheelhouse folder.
+    server: URL | None = None
+    token_file: Path | None = None  # the build-scope token, for `server`
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -209,6 +221,8 @@ def _build(path: Path, parser: configparser.ConfigParser) -> Config:
         upstream_timeout=reader.seconds("proxy", "upstream_timeout", 30, minimum=0.001),
         unsupported="redirect" if unsupported == "redirect" else "proxy",
         cache_max_size=reader.size("proxy", "cache_max_size"),
+        scrub_rate=_scrub_rate(reader),
+        scrub_interval=reader.seconds("proxy", "scrub_interval", 3600),
         max_upload_size=reader.size("proxy", "max_upload_size") or 512 * _UNITS["M"],
         lease_timeout=reader.seconds("proxy", "lease_timeout", 600, minimum=1),
     )
@@ -220,6 +234,13 @@ def _build(path: Path, parser: configparser.ConfigParser) -> Config:
         projects=MappingProxyType(projects),
         builder=builder,
     )
+
+
+def _scrub_rate(reader: _Reader) -> int:
+    if reader.raw("proxy", "scrub_rate", "") == "0":
+        return 0
+    rate = reader.size("proxy", "scrub_rate")
+    return 10 << 20 if rate is None else rate
 
 
 def _build_options(reader: _Reader, section: str, defaults: BuildOptions | None) -> BuildOptions:
@@ -265,13 +286,24 @@ def _builder(base: Path, reader: _Reader) -> BuilderConfig:
     parallel_raw = reader.get("builder", "parallel", "1")
     if not (parallel_raw.isascii() and parallel_raw.isdigit() and int(parallel_raw) > 0):
         raise reader.fail("builder", "parallel", f"{parallel_raw!r} is not a positive count")
+    server = None
+    token_file = None
+    if reader.raw("builder", "server", ""):
+        server = reader.upstream("builder", "server", "")
+        raw_token_file = reader.raw("builder", "token_file", "")
+        if not raw_token_file:
+            raise reader.fail("builder", "token_file", "is needed with server")
+        token_file = base / raw_token_file
+    local_index = str(server / "simple/") if server is not None else str(_local_proxy_url(reader))
     return BuilderConfig(
+        server=server,
+        token_file=token_file,
         work_dir=base / reader.get("builder", "work_dir", "var/builder"),
         build_timeout=reader.seconds("builder", "build_timeout", 3600, minimum=1),
         parallel=int(parallel_raw),
         container_engine=reader.get("builder", "container_engine", "docker"),
         images=MappingProxyType(images),
-        proxy_url=reader.upstream("builder", "proxy_url", str(_local_proxy_url(reader))),
+        proxy_url=reader.upstream("builder", "proxy_url", local_index),
         retry_backoff=reader.seconds("builder", "retry_backoff", 3600),
         poll_interval=reader.seconds("builder", "poll_interval", 300, minimum=0.01),
         cibuildwheel=reader.command(
