@@ -98,12 +98,11 @@ async def test_kill_9_during_root_download_then_restart(
     config = write_config(tmp_path, upstream.url)
     proxy = proxy_process(config)
     base = await proxy.start()
-    async with aiohttp.ClientSession() as session:
-        async with session.get(base) as resp:
-            assert await asyncio.wait_for(resp.content.readany(), 30)  # streaming: mid-way
-            proxy.kill()
-            with pytest.raises(aiohttp.ClientError):
-                await resp.read()
+    async with aiohttp.ClientSession() as session, session.get(base) as resp:
+        assert await asyncio.wait_for(resp.content.readany(), 30)  # streaming: mid-way
+        proxy.kill()
+        with pytest.raises(aiohttp.ClientError):
+            await resp.read()
     hold.set()
     upstream.knobs.root_hold = None
     assert proxy.proc is not None
