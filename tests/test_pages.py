@@ -205,7 +205,7 @@ async def test_fresh_page_is_served_without_asking_upstream(
 async def test_stale_page_is_revalidated_with_its_etag(
     make_proxy: ProxyFactory, demo: FixtureUpstream
 ) -> None:
-    client = await make_proxy(page_ttl=0)
+    client = await make_proxy(page_ttl=0, page_swr=0)
     first = await (await client.get("/simple/demo-pkg/")).read()
     resp = await client.get("/simple/demo-pkg/")
     assert resp.status == 200
@@ -217,7 +217,7 @@ async def test_stale_page_is_revalidated_with_its_etag(
 async def test_changed_upstream_page_replaces_the_stale_one(
     make_proxy: ProxyFactory, demo: FixtureUpstream
 ) -> None:
-    client = await make_proxy(page_ttl=0)
+    client = await make_proxy(page_ttl=0, page_swr=0)
     await client.get("/simple/demo-pkg/")
     demo.add("Demo.Pkg", make_wheel("Demo.Pkg", "2.0"))
     doc = await (await client.get("/simple/demo-pkg/?format=json")).json(content_type=JSON_V1)
@@ -294,7 +294,7 @@ async def test_upstream_404_is_404_and_remembered_briefly(
 async def test_page_with_lower_serial_is_not_taken(
     make_proxy: ProxyFactory, demo: FixtureUpstream
 ) -> None:
-    client = await make_proxy(page_ttl=0)
+    client = await make_proxy(page_ttl=0, page_swr=0)
     demo.knobs.serial = 200
     first = await (await client.get("/simple/demo-pkg/")).read()
     demo.add("Demo.Pkg", make_wheel("Demo.Pkg", "2.0"))
@@ -342,7 +342,7 @@ async def test_concurrent_cold_requests_ask_upstream_once(
 async def test_concurrent_stale_requests_revalidate_once(
     make_proxy: ProxyFactory, demo: FixtureUpstream
 ) -> None:
-    client = await make_proxy(page_ttl=0)
+    client = await make_proxy(page_ttl=0, page_swr=0)
     await client.get("/simple/demo-pkg/")
     demo.knobs.page_delay = 0.3
     responses = await asyncio.gather(*(client.get("/simple/demo-pkg/") for _ in range(25)))
@@ -391,18 +391,18 @@ async def test_unsupported_projects_redirect_upstream_when_configured(
 async def test_pages_survive_a_restart_with_upstream_down(
     make_proxy: ProxyFactory, demo: FixtureUpstream
 ) -> None:
-    client = await make_proxy(page_ttl=0)
+    client = await make_proxy(page_ttl=0, page_swr=0)
     good = await (await client.get("/simple/demo-pkg/", headers={"Accept": PIP_ACCEPT})).read()
     await client.close()
     demo.knobs.page_status = 503
-    client = await make_proxy(page_ttl=0)
+    client = await make_proxy(page_ttl=0, page_swr=0)
     resp = await client.get("/simple/demo-pkg/", headers={"Accept": PIP_ACCEPT})
     assert resp.status == 200
     assert await resp.read() == good
 
 
 async def test_health_and_metrics(make_proxy: ProxyFactory, demo: FixtureUpstream) -> None:
-    client = await make_proxy(page_ttl=0)
+    client = await make_proxy(page_ttl=0, page_swr=0)
     resp = await client.get("/health")
     assert resp.status == 200
     assert (await resp.json())["status"] == "ok"

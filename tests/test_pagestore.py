@@ -150,7 +150,7 @@ async def test_both_html_types_are_rendered_and_held_once(
 async def test_the_memo_follows_a_new_upstream_page(
     make_proxy: ProxyFactory, demo: FixtureUpstream
 ) -> None:
-    client = await make_proxy(page_ttl=0)
+    client = await make_proxy(page_ttl=0, page_swr=0)
     first = await (await client.get("/simple/demo/")).text()
     demo.add("demo", make_wheel("demo", "2.0"))
     second = await (await client.get("/simple/demo/")).text()
