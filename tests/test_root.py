@@ -256,7 +256,19 @@ async def _held_root(make_proxy: ProxyFactory, tmp_path: Path) -> Path:
     assert (await client.get("/simple/")).status == 200
     await client.close()
     root_dir = tmp_path / "proxy" / "cache" / "root"
+
+    def switched_in() -> bool:
+        # The client had the streamed root before the fetch's last step (a worker thread
+        # pointing `current` at it) ended: wait for that, with a deadline.
+        names = {p.name for p in root_dir.iterdir()}
+        return "current" in names and not any(n.startswith((".tmp", "tmp-")) for n in names)
+
+    deadline = asyncio.get_running_loop().time() + 20
+    while not switched_in():
+        assert asyncio.get_running_loop().time() < deadline, "the root was never switched in"
+        await asyncio.sleep(0.01)
     [generation] = [p for p in root_dir.iterdir() if p.name.startswith("gen-")]
+    assert (root_dir / "current").read_text() == generation.name
     return generation
 
 
