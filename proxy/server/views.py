@@ -5,9 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 from packaging.utils import NormalizedName
 
+from proxy.server import rootstream
 from proxy.server.errors import NotAcceptable, Redirect
 from proxy.server.keys import CONFIG, METRICS, PAGES, ROOT
 from proxy.server.pages import Page
+from proxy.server.rootindex import HTML_NAME, JSON_NAME, RootInProgress
 from proxy.simple.names import project_name
 from proxy.simple.negotiate import HTML_LEGACY, HTML_V1, JSON_V1, Format, negotiate
 
@@ -65,16 +67,21 @@ def _page_response(request: web.Request, page: Page) -> web.Response:
 
 async def root_index(request: web.Request) -> web.StreamResponse:
     fmt = _format(request)
-    generation = await request.app[ROOT].get()
-    path = generation.json if fmt.is_json else generation.html
-    return web.FileResponse(
-        path,
-        headers={
-            "Content-Type": fmt.value,
-            "Vary": "Accept",
-            "Cache-Control": "max-age=600, public",
-        },
-    )
+    headers = {
+        "Content-Type": fmt.value,
+        "Vary": "Accept",
+        "Cache-Control": "max-age=600, public",
+    }
+    root = request.app[ROOT]
+    # A cold root is followed as it is written; HEAD has no body to follow.
+    held = await (root.get() if request.method == "HEAD" else root.get_or_follow())
+    if isinstance(held, RootInProgress):
+        name = JSON_NAME if fmt.is_json else HTML_NAME
+        followed = await rootstream.follow(request, held, name, headers)
+        if isinstance(followed, web.StreamResponse):
+            return followed
+        held = followed
+    return web.FileResponse(held.json if fmt.is_json else held.html, headers=headers)
 
 
 async def health(request: web.Request) -> web.StreamResponse:
