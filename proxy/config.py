@@ -43,6 +43,7 @@ _KNOWN_OPTIONS = {
             "scrub_interval",
             "max_upload_size",
             "lease_timeout",
+            "access_log",
         }
     ),
     "wheelhouse": frozenset({"path"}),
@@ -91,6 +92,7 @@ class ProxyConfig:
     scrub_interval: float = 3600  # seconds from one pass's start to the next one's, at least
     max_upload_size: int  # bytes of one POST /upload/ body
     lease_timeout: float  # seconds a build host keeps a job without a heartbeat
+    access_log: bool = True  # one line per request on stderr
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -230,6 +232,7 @@ def _build(path: Path, parser: configparser.ConfigParser) -> Config:
         scrub_interval=reader.seconds("proxy", "scrub_interval", 3600),
         max_upload_size=reader.size("proxy", "max_upload_size") or 512 * _UNITS["M"],
         lease_timeout=reader.seconds("proxy", "lease_timeout", 600, minimum=1),
+        access_log=reader.switch("proxy", "access_log", True),
     )
     wheelhouse = WheelhouseConfig(path=base / reader.get("wheelhouse", "path", "var/wheelhouse"))
     return Config(
@@ -388,6 +391,14 @@ class _Reader:
         if not math.isfinite(value) or value < 1:
             raise self._fail(section, option, f"{raw!r} is out of range")
         return int(value)
+
+    def switch(self, section: str, option: str, default: bool) -> bool:
+        """on/off (also yes/no, true/false, 1/0)."""
+        raw = self.get(section, option, "on" if default else "off").lower()
+        state = configparser.ConfigParser.BOOLEAN_STATES.get(raw)
+        if state is None:
+            raise self._fail(section, option, f"{raw!r} is not on or off")
+        return state
 
     def port(self, section: str, option: str, default: int) -> int:
         raw = self.get(section, option, str(default))

@@ -91,21 +91,26 @@ async def run(*args: str, env: dict[str, str]) -> tuple[int, str]:
 class ProxyProcess:
     """`pythonbuild-proxy` as a real process, for signals, crashes and restarts."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, stderr: Path | None = None) -> None:
         self.config = config
+        self.stderr = stderr  # where its log goes (None: nowhere)
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
 
     async def start(self) -> str:
         env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
-        self.proc = await asyncio.create_subprocess_exec(
-            str(BIN / "pythonbuild-proxy"),
-            "--config",
-            str(self.config),
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        stderr = os.open(self.stderr or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                str(BIN / "pythonbuild-proxy"),
+                "--config",
+                str(self.config),
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+            )
+        finally:
+            os.close(stderr)
         assert self.proc.stdout is not None
         line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
         assert b"listening on" in line, line
@@ -124,11 +129,11 @@ class ProxyProcess:
 
 
 @pytest.fixture
-async def proxy_process(tmp_path: Path) -> AsyncIterator[Callable[[Path], ProxyProcess]]:
+async def proxy_process(tmp_path: Path) -> AsyncIterator[Callable[..., ProxyProcess]]:
     started: list[ProxyProcess] = []
 
-    def make(config: Path) -> ProxyProcess:
-        process = ProxyProcess(config)
+    def make(config: Path, stderr: Path | None = None) -> ProxyProcess:
+        process = ProxyProcess(config, stderr)
         started.append(process)
         return process
 
