@@ -172,6 +172,7 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
         upstream,
         app[METRICS],
         ttl=config.proxy.page_ttl,
+        swr=config.proxy.page_swr,
         negative_ttl=config.proxy.negative_ttl,
     )
     pages = Pages(config, page_cache, wheelhouse, upstream)

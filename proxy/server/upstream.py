@@ -115,7 +115,10 @@ class Upstream:
 
     async def fetch_page(self, name: str, validators: Validators) -> PageResponse:
         url = self.page_url(name)
-        headers = {"Accept": PAGE_ACCEPT, **validators.headers()}
+        # One Accept-Encoding, whatever compression modules aiohttp finds installed:
+        # pypi.org's ETag names the encoded answer (warehouse hashes the gzipped body),
+        # so a validator only matches when the revalidation asks for the same encoding.
+        headers = {"Accept": PAGE_ACCEPT, "Accept-Encoding": "gzip", **validators.headers()}
         started = time.monotonic()
         with self._errors(f"page {url}"):
             try:
