@@ -184,7 +184,12 @@ async def test_hostile_paths_are_4xx_and_reach_nothing(
 ) -> None:
     client = await make_proxy()
     resp = await client.get(URL(raw_path, encoded=True), allow_redirects=False)
-    assert 400 <= resp.status < 500, (raw_path, resp.status)
+    if raw_path == "/simple/../":
+        # Its dot segments removed (RFC 3986, as aiohttp does), it is `/`: the status page,
+        # which asks upstream nothing either.
+        assert resp.status == 200 and "pythonbuild status" in await resp.text()
+    else:
+        assert 400 <= resp.status < 500, (raw_path, resp.status)
     assert sum(demo.requests.values()) == 0
     with diskcache.Cache(str(tmp_path / "proxy" / "cache" / "pages")) as cache:
         assert list(cache.iterkeys()) == []

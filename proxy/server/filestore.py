@@ -274,6 +274,11 @@ class FileStore:
             self._index.move_to_end(sha256)
         return CachedFile(path=Path(path), size=st.st_size, mtime_ns=st.st_mtime_ns)
 
+    def held(self) -> tuple[int, int]:
+        """(files, bytes) held now."""
+        with self._lock:
+            return len(self._index), self.total
+
     def files(self) -> list[str]:
         """The sha256 of every file held, least recently used first (a snapshot)."""
         with self._lock:

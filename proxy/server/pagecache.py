@@ -99,6 +99,10 @@ class PageCache:
         """What the pages held in memory take, as measured when each was parsed."""
         return self._memory.size
 
+    def held(self) -> int:
+        """How many pages (and remembered 404s) are on disk; blocking: call it in a thread."""
+        return len(self._disk)
+
     def _lifetime(self, entry: CachedPage) -> float:
         return self._ttl if entry.page is not None else self._negative_ttl
 

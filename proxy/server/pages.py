@@ -107,6 +107,10 @@ class Pages:
     def memo(self) -> MemoStats:
         return MemoStats(len(self._memo), self._memo.size, self._memo.budget)
 
+    async def held(self) -> tuple[int, int]:
+        """(pages on disk, bytes of the pages held in memory)."""
+        return await asyncio.to_thread(self._cache.held), self._cache.memory_bytes
+
     async def listing(self, name: NormalizedName) -> ProjectPage | None:
         """Upstream's page as held (None for a remembered 404): what file requests are
         checked against. Raises UpstreamError when upstream fails and nothing is held."""
