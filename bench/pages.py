@@ -479,6 +479,7 @@ QUICK_TABLE_SECONDS = 2
 TABLE_ROUNDS = 5
 PIP_ROUNDS = 3
 GZIP = "gzip"
+GZIP_PASSES = 20
 
 
 def stand_in_dists(project: str, count: int) -> list[Dist]:
@@ -594,22 +595,32 @@ async def page_bytes(proxy: str, projects: Sequence[str], root: Path) -> list[in
     return sizes
 
 
-async def gzip_bytes(proxy: str, projects: Sequence[str]) -> tuple[float, float, int]:
+async def gzip_bytes(proxy: str, projects: Sequence[str]) -> tuple[float, float, int, int]:
     """Mean bytes on the wire per mix page when the client offers gzip, the mean
-    uncompressed, and how many answers were compressed."""
-    wire = plain = compressed = 0
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
-        for project in projects:
-            headers = {"Accept": HTML, "Accept-Encoding": GZIP}
-            async with session.get(f"{proxy}{project}/", headers=headers) as resp:
-                body = await resp.read()
-            wire += len(body)
-            if resp.headers.get("Content-Encoding") == GZIP:
-                compressed += 1
-                plain += len(zlib.decompress(body, 16 + zlib.MAX_WBITS))
-            else:
-                plain += len(body)
-    return wire / len(projects), plain / len(projects), compressed
+    uncompressed, how many answers were compressed, and in which pass over the mix.
+
+    The proxy makes a page's gzipped copy once, in the background, after a second
+    ask: passes repeat (at most GZIP_PASSES) until every answer comes compressed, and
+    the last pass is the figure, the steady state clients see."""
+    passes = 0
+    while True:
+        passes += 1
+        wire = plain = compressed = 0
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            for project in projects:
+                headers = {"Accept": HTML, "Accept-Encoding": GZIP}
+                async with session.get(f"{proxy}{project}/", headers=headers) as resp:
+                    body = await resp.read()
+                wire += len(body)
+                if resp.headers.get("Content-Encoding") == GZIP:
+                    compressed += 1
+                    plain += len(zlib.decompress(body, 16 + zlib.MAX_WBITS))
+                else:
+                    plain += len(body)
+        if compressed == len(projects) or passes == GZIP_PASSES:
+            break
+        await asyncio.sleep(0.2)  # the background compression, between passes
+    return wire / len(projects), plain / len(projects), compressed, passes
 
 
 async def first_byte_and_total(url: str, accept: str) -> tuple[float, float, int, int]:
@@ -725,10 +736,11 @@ async def bench_table(proxy: str, upstream: str, work: Path, quick: bool) -> Non
             big = [f"/simple/{MIX[-1]}/"]
             runs = await interleaved(wrk, work, targets, big, rounds, seconds)
             report_table_row(f"large page ({mix[-1] / MB:.2f} MB), c=16", runs, 0.9)
-    wire, plain, compressed = await gzip_bytes(proxy, MIX)
+    wire, plain, compressed, passes = await gzip_bytes(proxy, MIX)
     say(
         f"table: gzip offered: {wire / 1000:.0f} kB per mix page on the wire "
-        f"({plain / 1000:.0f} kB uncompressed; {compressed} of {len(MIX)} answers compressed)"
+        f"({plain / 1000:.0f} kB uncompressed; {compressed} of {len(MIX)} answers compressed, "
+        f"pass {passes} over the mix)"
     )
     await cold_roots(upstream, work)
     await cold_pip(upstream, work, 1 if quick else PIP_ROUNDS)
