@@ -11,7 +11,7 @@ from packaging.utils import InvalidName, canonicalize_name
 from proxy.cli import ArgumentParser
 from proxy.config import ConfigError, load_config
 
-from .commands import CommandError, cmd_build, cmd_plan, cmd_run, cmd_status
+from .commands import CommandError, cmd_build, cmd_plan, cmd_retry, cmd_run, cmd_status
 from .publish import list_wheels, publish
 
 
@@ -34,6 +34,8 @@ def _parser() -> ArgumentParser:
     build_cmd.add_argument("--only", metavar="IDENTIFIER", help="e.g. cp312-manylinux_aarch64")
     run_cmd = commands.add_parser("run", help="plan, build, publish, sleep; until SIGTERM")
     run_cmd.add_argument("--rounds", type=int, help=argparse.SUPPRESS)  # tests: stop after N
+    retry_cmd = commands.add_parser("retry", help="forget failures, so the next plan builds them")
+    retry_cmd.add_argument("requirement", metavar="PROJECT[==VERSION]")
     status_cmd = commands.add_parser("status", help="versions x identifiers, per project")
     status_cmd.add_argument("project", nargs="?", metavar="PROJECT")
     status_cmd.add_argument("--json", action="store_true", help="JSON for machines")
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_build(config, args.requirement, args.only, sys.stdout)
         if args.command == "run":
             return cmd_run(config, args.rounds, sys.stdout)
+        if args.command == "retry":
+            return cmd_retry(config, args.requirement, sys.stdout)
         if args.command == "status":
             return cmd_status(config, args.project, args.json, sys.stdout)
     except CommandError as exc:

@@ -25,15 +25,10 @@ from proxy.buildplan.tags import installs_on
 from proxy.platforms import Identifier
 from proxy.wheelhouse.wheelcheck import WheelRejected
 
+from .classify import PURE_PYTHON_EXIT, classify
 from .invocation import CibwOptions, GroupRun, Recipe, compose
 from .process import Process, remove_containers
 
-# cibuildwheel's exit codes that say something plain (cibuildwheel/errors.py).
-_EXIT_REASONS = {
-    3: ("unsupported interpreter", "cibuildwheel matched nothing to build"),
-    5: ("pure Python", "the project builds a pure-Python wheel: nothing to build per platform"),
-}
-PURE_PYTHON_EXIT = 5  # holds for every identifier of the version: never built again
 _VERSION_LINE = re.compile(r"cibuildwheel version (\S+)")
 
 
@@ -87,29 +82,6 @@ class Results(Protocol):
     def failed(self, job: VersionJob, identifier: str, failure: BuildFailure) -> None:
         """Keep a failure (not called for a cancelled build)."""
         ...
-
-
-def classify(log_text: str, returncode: int | None) -> tuple[str, str]:
-    """(kind, one-line detail) of a failed build, from its log."""
-    if returncode is None:
-        return "timeout", "the build took longer than build_timeout and was stopped"
-    if returncode in _EXIT_REASONS:
-        return _EXIT_REASONS[returncode]
-    if m := re.search(r"fatal error: ([\w./+-]+\.h): No such file or directory", log_text):
-        return "missing system library", f"header {m.group(1)} not found"
-    if m := re.search(r"cannot find -l([\w.+-]+)", log_text):
-        return "missing system library", f"library {m.group(1)} not found"
-    if re.search(
-        r"requires a different Python|Requires-Python|not supported on this Python", log_text
-    ):
-        return "unsupported interpreter", "the sources do not support this Python"
-    testing = log_text.rfind("Testing wheel...")
-    if testing != -1 and log_text.rfind("Repairing wheel...") < testing:
-        return "test failed", "the wheel was built but its test command failed"
-    if m := re.search(r"error: command '([^']+)' failed", log_text):
-        return "compiler error", f"{Path(m.group(1)).name} failed"
-    errors = [line.strip() for line in log_text.splitlines() if "error" in line.lower()]
-    return "build failed", (errors[-1][:200] if errors else f"cibuildwheel exited {returncode}")
 
 
 def group_runs(identifiers: tuple[str, ...]) -> list[tuple[Identifier, ...]]:

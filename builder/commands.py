@@ -240,6 +240,25 @@ def cmd_build(config: Config, requirement: str, only: str | None, out: TextIO) -
     return 0 if ok else 1
 
 
+def cmd_retry(config: Config, requirement: str, out: TextIO) -> int:
+    """Forget the failures of PROJECT or PROJECT==VERSION, so the next plan builds them."""
+    if "==" in requirement:
+        project, version = parse_requirement(requirement)
+        _projects(config, project)
+        what = f"{project} {version}"
+    else:
+        [project] = _projects(config, requirement)
+        version, what = None, project
+    cleared = BuildState(config.builder.work_dir).clear_matching(project, version)
+    if not cleared:
+        print(f"no failures recorded for {what}", file=out)
+        return 0
+    for key in cleared:
+        print(f"cleared {key}", file=out)
+    print(f"{what}: {len(cleared)} failure(s) cleared; the next plan builds them", file=out)
+    return 0
+
+
 STATUS_OF = {
     Skip.UPSTREAM: "upstream has it",
     Skip.BUILT: "built",

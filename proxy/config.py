@@ -271,7 +271,7 @@ def _builder(base: Path, reader: _Reader) -> BuilderConfig:
         parallel=int(parallel_raw),
         container_engine=reader.get("builder", "container_engine", "docker"),
         images=MappingProxyType(images),
-        proxy_url=reader.upstream("builder", "proxy_url", "http://127.0.0.1:8080/simple/"),
+        proxy_url=reader.upstream("builder", "proxy_url", str(_local_proxy_url(reader))),
         retry_backoff=reader.seconds("builder", "retry_backoff", 3600),
         poll_interval=reader.seconds("builder", "poll_interval", 300, minimum=0.01),
         cibuildwheel=reader.command(
@@ -279,6 +279,18 @@ def _builder(base: Path, reader: _Reader) -> BuilderConfig:
         ),
         defaults=_build_options(reader, "builder", None),
     )
+
+
+def _local_proxy_url(reader: _Reader) -> URL:
+    """The [proxy] of this same config, as a client on this host reaches it."""
+    host = reader.get("proxy", "host", "127.0.0.1")
+    port = reader.port("proxy", "port", 8080)
+    # A proxy listening on every address is reached on loopback.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    try:
+        return URL.build(scheme="http", host=host, port=port, path="/simple/")
+    except ValueError:
+        raise reader.fail("proxy", "host", f"{host!r} is not a host name or address") from None
 
 
 class _Reader:

@@ -122,6 +122,7 @@ def main() -> int:
         return 1
     if mode == "pull":
         print(
+            "Starting container image quay.io/pypa/manylinux_2_28_x86_64:2025.01.01-1...\n"
             "+ docker pull quay.io/pypa/manylinux_2_28_x86_64:2025.01.01-1\n"
             'Error response from daemon: Get "https://quay.io/v2/": dial tcp: lookup quay.io:'
             " no such host\n"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.build import classify
+from builder.classify import classify
 from builder.invocation import (
     JOB_LABEL,
     CibwOptions,
@@ -189,3 +189,42 @@ def test_the_invocation_is_composed_from_environment_run_and_options(
 def test_one_run_is_one_os_and_arch() -> None:
     with pytest.raises(ValueError, match="one OS and arch"):
         _run("cp312-manylinux_x86_64", "cp312-manylinux_aarch64")
+
+
+LOGS = Path(__file__).parent / "fixtures" / "cibw-logs"
+
+
+@pytest.mark.parametrize(
+    ("log", "detail"),
+    [
+        (  # cibuildwheel 4.3 with docker 20.10: a registry that refuses the connection
+            "image-cannot-be-pulled.log",
+            "image 127.0.0.1:9/nonexistent:1 cannot be pulled: Error response from daemon: "
+            'Get "http://127.0.0.1:9/v2/": dial tcp 127.0.0.1:9: connect: connection refused',
+        ),
+        (
+            "container-cannot-start.log",
+            "the container engine cannot start a container: Error response from daemon: "
+            "Unknown runtime specified no-such-runtime",
+        ),
+        (
+            "engine-not-answering.log",
+            "the container engine does not answer: Cannot connect to the Docker daemon at "
+            "unix:///tmp/nonexistent.sock. Is the docker daemon running?",
+        ),
+    ],
+)
+def test_infrastructure_failures_carry_the_cause_from_the_real_log(log: str, detail: str) -> None:
+    kind, got = classify((LOGS / log).read_text(), 1)
+    assert (kind, got) == ("infrastructure", detail)
+
+
+def test_a_failing_command_line_is_never_the_detail() -> None:
+    log = (
+        "Building wheel...\nsomething broke\n"
+        "cibuildwheel: error: Command ['python', '-m', 'build', '--outdir', '/tmp/x-error-y',"
+        " '--no-isolation'] failed with code 1.\n"
+    )
+    kind, detail = classify(log, 1)
+    assert kind == "build failed"
+    assert "Command [" not in detail

@@ -262,3 +262,32 @@ def test_live_output_reaches_the_terminal_and_the_log(tmp_path: Path, mode: str)
     assert "cibuildwheel version 0.0+fake" in rig.out.getvalue()
     assert outcome.log is not None
     assert "cibuildwheel version 0.0+fake" in outcome.log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("mode", "detail"),
+    [
+        (
+            "pull",
+            "infrastructure: image quay.io/pypa/manylinux_2_28_x86_64:2025.01.01-1 cannot be "
+            'pulled: Error response from daemon: Get "https://quay.io/v2/": dial tcp: lookup '
+            "quay.io: no such host",
+        ),
+        (
+            "engine",
+            "infrastructure: the container engine cannot start a container: Error response from "
+            "daemon: failed to create task for container: failed to create shim task: OCI "
+            "runtime create failed: unable to start container process",
+        ),
+    ],
+)
+def test_an_infrastructure_failure_says_its_cause_and_is_retried_soon(
+    tmp_path: Path, mode: str, detail: str
+) -> None:
+    rig = _rig(tmp_path, FAKE_CIBW_MODE=mode)
+    report = rig.builder.build(rig.job("cp312-manylinux_x86_64", "cp313-manylinux_x86_64"))
+    assert [o.failure for o in report.outcomes] == [detail, detail]
+    failure = rig.state.failure("yamlext", "1.0", "cp313-manylinux_x86_64")
+    assert failure is not None and failure.kind == "infrastructure"
+    assert failure.retry_at(3600) == failure.last_at + 60  # a minute, not retry_backoff
+    assert _staging_empty(rig)

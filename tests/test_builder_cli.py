@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 from packaging.utils import canonicalize_name
 
+from builder.state import BuildState
 from proxy.config import load_config
 from proxy.wheelhouse.demand import ClientPlatform, DemandQueue
 from proxy.wheelhouse.store import Wheelhouse
 from proxy.wheelhouse.wheelcheck import check_wheel
-from tests.conftest import BIN, ProxyFactory, client_env, run
+from tests.conftest import BIN, ProxyFactory, ProxyProcess, client_env, run, write_config
 from tests.dists import make_sdist, make_wheel
 from tests.test_builder import FAKE
 from tests.upstream import FixtureUpstream
@@ -178,3 +182,93 @@ async def test_build_runs_the_configured_cibuildwheel_command(
     [entry] = manifest.wheels.values()
     assert entry.origin["sdist_sha256"] == sdist.sha256
     assert upstream.requests[f"/files/grpcio/{sdist.filename}"] == 1
+
+
+async def test_retry_clears_a_backoff_that_a_running_builder_sees(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    client = await make_proxy(projects=("grpcio",))
+    config = builder_config(tmp_path, client, upstream)
+    running = BuildState(tmp_path / "proxy" / "work")  # as a `run` process holds it
+    for version, identifier in [
+        ("1.48.1", "cp311-manylinux_x86_64"),
+        ("1.48.1", "cp312-manylinux_x86_64"),
+        ("1.47.0", "cp311-manylinux_x86_64"),
+    ]:
+        running.record_failure(
+            "grpcio", version, identifier, now=time.time(), kind="infrastructure",
+            detail="image x cannot be pulled", log=tmp_path / "x.log",
+        )  # fmt: skip
+    code, out = await builder(config, tmp_path / "home", "retry", "grpcio==1.48.1")
+    assert code == 0, out
+    assert out.splitlines()[-1] == (
+        "grpcio 1.48.1: 2 failure(s) cleared; the next plan builds them"
+    )
+    assert running.failure("grpcio", "1.48.1", "cp311-manylinux_x86_64") is None
+    assert running.failure("grpcio", "1.47.0", "cp311-manylinux_x86_64") is not None
+    # A failure recorded afterwards by the running builder keeps the other's change.
+    running.record_failure(
+        "grpcio", "1.48.1", "cp312-manylinux_x86_64", now=time.time(), kind="compiler error",
+        detail="gcc failed", log=tmp_path / "x.log",
+    )  # fmt: skip
+    again = BuildState(tmp_path / "proxy" / "work").failures
+    assert sorted(again) == [
+        "grpcio==1.47.0:cp311-manylinux_x86_64",
+        "grpcio==1.48.1:cp312-manylinux_x86_64",
+    ]
+    assert again["grpcio==1.48.1:cp312-manylinux_x86_64"].attempts == 1
+
+    code, out = await builder(config, tmp_path / "home", "retry", "grpcio")
+    assert (code, out.splitlines()[-1]) == (
+        0,
+        "grpcio: 2 failure(s) cleared; the next plan builds them",
+    )
+    assert running.failures == {}
+    code, out = await builder(config, tmp_path / "home", "retry", "grpcio")
+    assert (code, out) == (0, "no failures recorded for grpcio\n")
+    for args, message in [
+        (("retry", "six"), "six is not a supported project"),
+        (("retry", "grpcio==x y"), "is not PROJECT==VERSION"),
+    ]:
+        code, out = await builder(config, tmp_path / "home", *args)
+        assert code == 1 and out.count("\n") == 1 and message in out, (args, out)
+
+
+async def test_a_damaged_state_file_is_moved_aside_with_one_warning(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    upstream.add("grpcio", make_sdist("grpcio", "1.48.1"))
+    client = await make_proxy(projects=("grpcio",))
+    config = builder_config(tmp_path, client, upstream)
+    work = tmp_path / "proxy" / "work"
+    work.mkdir(parents=True)
+    (work / "state.json").write_bytes(b'{"failures": {"grpcio==1.48.1:cp311-many')
+    code, out = await builder(config, tmp_path / "home", "plan")
+    assert code == 0, out
+    assert [line for line in out.splitlines() if "damaged" in line] == [
+        f"{work / 'state.json'} is damaged (Unterminated string starting at: line 1 column 15 "
+        "(char 14)); moved aside to " + next(work.glob("state.json.damaged-*")).name
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_plan_reaches_the_proxy_of_the_same_config_without_proxy_url(
+    upstream: FixtureUpstream,
+    tmp_path: Path,
+    proxy_process: Callable[[Path], ProxyProcess],
+) -> None:
+    upstream.add("grpcio", make_sdist("grpcio", "1.48.1"))
+    port = _free_port()  # not 8080: the default must follow [proxy]
+    config = write_config(tmp_path / "proxy", upstream.url, projects=("grpcio",), port=port)
+    config.write_text(config.read_text() + "[builder]\nwork_dir = work\npythons = cp312\n")
+    url = await proxy_process(config).start()
+    assert f":{port}" in url, url
+    code, out = await builder(config, tmp_path / "home", "plan", "--json")
+    assert code == 0, out
+    assert {r["version"] for r in json.loads(out)} == {"1.48.1"}
+    assert upstream.requests["/simple/grpcio/"] >= 1  # through the proxy, to the upstream

@@ -177,6 +177,27 @@ def test_bad_builder_options_are_config_errors(tmp_path: Path, text: str, match:
     assert_one_line_error(write(tmp_path, text), match)
 
 
+@pytest.mark.parametrize(
+    ("proxy", "expected"),
+    [
+        ("", "http://127.0.0.1:8080/simple/"),
+        ("port = 9090\n", "http://127.0.0.1:9090/simple/"),
+        ("host = 0.0.0.0\nport = 3141\n", "http://127.0.0.1:3141/simple/"),
+        ("host = ::\nport = 3141\n", "http://[::1]:3141/simple/"),
+        ("host = 10.1.2.3\n", "http://10.1.2.3:8080/simple/"),
+        ("host = ::1\nport = 81\n", "http://[::1]:81/simple/"),
+        ("host = pypi.lan\n", "http://pypi.lan:8080/simple/"),
+    ],
+)
+def test_proxy_url_defaults_to_this_configs_proxy(
+    tmp_path: Path, proxy: str, expected: str
+) -> None:
+    config = load_text(tmp_path, f"[proxy]\n{proxy}")
+    assert str(config.builder.proxy_url) == expected
+    written = load_text(tmp_path, f"[proxy]\n{proxy}[builder]\nproxy_url = http://b:1/simple/\n")
+    assert str(written.builder.proxy_url) == "http://b:1/simple/"
+
+
 def test_the_cibuildwheel_command_is_split_as_a_shell_would(tmp_path: Path) -> None:
     config = load_text(tmp_path, "[builder]\ncibuildwheel = '/opt/my tools/py' -m cibuildwheel\n")
     assert config.builder.cibuildwheel == ("/opt/my tools/py", "-m", "cibuildwheel")

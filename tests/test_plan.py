@@ -267,6 +267,29 @@ def test_failures_back_off_exponentially_and_pure_python_never_retries(tmp_path:
     assert {kind for kind, _ in reasons(result).values()} == {Skip.PERMANENT}
 
 
+def test_an_infrastructure_failure_is_retried_after_a_minute_not_an_hour(tmp_path: Path) -> None:
+    state = BuildState(tmp_path / "work")
+    the_page = page(f("grpcio-1.48.1.tar.gz"))
+    job = ("1.48.1", "cp311-manylinux_x86_64")
+
+    def fail() -> None:
+        state.record_failure(
+            "grpcio", "1.48.1", job[1], now=NOW, kind="infrastructure",
+            detail="image x cannot be pulled: connection refused", log=tmp_path / "job.log",
+        )  # fmt: skip
+
+    fail()
+    kind, why = reasons(run_plan(tmp_path, the_page, state=state, now=NOW + 30))[job]
+    assert kind is Skip.BACKOFF
+    assert "infrastructure: image x cannot be pulled: connection refused" in why
+    assert job in jobs(run_plan(tmp_path, the_page, state=state, now=NOW + 61))
+    for _ in range(20):
+        fail()
+    # Doubling, but never more than a quarter hour: the host may be fixed any minute.
+    assert job not in jobs(run_plan(tmp_path, the_page, state=state, now=NOW + 899))
+    assert job in jobs(run_plan(tmp_path, the_page, state=state, now=NOW + 901))
+
+
 def test_demand_comes_first_most_asked_first(tmp_path: Path) -> None:
     def ask(version: str, python: str, platform: str, count: int) -> BuildRequest:
         return BuildRequest(

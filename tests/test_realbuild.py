@@ -258,3 +258,34 @@ async def test_run_builds_versions_in_parallel(
     assert start_a < end_b and start_b < end_a, spans
     state = tmp_path / "proxy" / "work" / "state.json"
     assert not state.exists() or json.loads(state.read_text())["failures"] == {}
+
+
+async def test_an_image_that_cannot_be_pulled_is_an_infrastructure_failure(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, tmp_path: Path, buildenv: BuildEnv
+) -> None:
+    sdist = make_cext_sdist("yamlext", "5.0")
+    upstream.add("yamlext", sdist)
+    client = await make_proxy(projects=("yamlext",))
+    config = configure(tmp_path, client, buildenv, "manylinux_x86_64")
+    # A registry on a loopback port nobody listens on: the pull fails at once, offline.
+    config.write_text(
+        config.read_text().replace(
+            f"manylinux_x86_64_image = {buildenv.image_x86_64}", "manylinux_x86_64_image = "
+            "127.0.0.1:9/pythonbuild/absent:1"
+        )
+    )  # fmt: skip
+    environ = builder_env(tmp_path, buildenv)
+    code, out = await builder(config, environ, "build", "yamlext==5.0")
+    assert code == 1, out
+    [line] = [line for line in out.splitlines() if "cp311-manylinux_x86_64: failed" in line]
+    assert "failed: infrastructure: image 127.0.0.1:9/pythonbuild/absent:1 cannot be pulled: " in (
+        line
+    )
+    assert "connection refused" in line
+    assert "Command [" not in line
+    state = json.loads((tmp_path / "proxy" / "work" / "state.json").read_text())
+    [failure] = state["failures"].values()
+    assert failure["kind"] == "infrastructure"
+    code, out = await builder(config, environ, "retry", "yamlext==5.0")
+    assert code == 0, out
+    assert json.loads((tmp_path / "proxy" / "work" / "state.json").read_text())["failures"] == {}
