@@ -64,7 +64,7 @@ NO_PROXY_ENV = {
 # -- the fixture upstream, in its own process --------------------------------------
 
 
-async def serve_upstream(root_names: int, versions: int) -> None:
+async def serve_upstream(root_names: int, versions: int, root_shape: str = "plain") -> None:
     """Serve the fixture upstream until SIGTERM, SIGINT or EOF on stdin."""
     # Imported here: only the child process needs the fixture and wheel builder.
     from tests.dists import make_wheel
@@ -72,6 +72,7 @@ async def serve_upstream(root_names: int, versions: int) -> None:
 
     fixture = FixtureUpstream()
     fixture.knobs.root_names = root_names
+    fixture.knobs.root_shape = root_shape
     fixture.add(
         PROJECT,
         *(
@@ -125,7 +126,9 @@ async def _first_line(proc: asyncio.subprocess.Process, what: str, marker: bytes
     return line.decode().split()[-1]
 
 
-async def start_upstream(root_names: int) -> tuple[asyncio.subprocess.Process, str]:
+async def start_upstream(
+    root_names: int, root_shape: str = "plain"
+) -> tuple[asyncio.subprocess.Process, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -133,6 +136,8 @@ async def start_upstream(root_names: int) -> tuple[asyncio.subprocess.Process, s
         "--serve-upstream",
         "--root-names",
         str(root_names),
+        "--root-shape",
+        root_shape,
         cwd=REPO,
         env=NO_PROXY_ENV,
         stdin=asyncio.subprocess.PIPE,
@@ -413,7 +418,7 @@ async def bench(args: argparse.Namespace) -> int:
     # Other work on the machine skews every figure here; say how busy it was.
     say(f"machine load average at start (1 min): {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="bench-pages-") as tmp:
-        upstream_proc, upstream = await start_upstream(args.root_names)
+        upstream_proc, upstream = await start_upstream(args.root_names, args.root_shape)
         try:
             supported = (PROJECT,) if args.local_wheels else ()
             config = write_config(Path(tmp), upstream, page_ttl=3600, projects=supported)
@@ -424,7 +429,9 @@ async def bench(args: argparse.Namespace) -> int:
             try:
                 say(f"upstream: {upstream} (pid {upstream_proc.pid}, own process)")
                 say(f"proxy: {proxy} (pid {proxy_proc.pid})")
-                await bench_pages(proxy, upstream, proxy_proc.pid, max_requests)
+                if not args.root_only:
+                    await bench_pages(proxy, upstream, proxy_proc.pid, max_requests)
+                say(f"root: upstream's JSON entry shape: {args.root_shape}")
                 await bench_root(proxy, upstream, proxy_proc.pid, upstream_proc.pid)
             finally:
                 code = await stop_process(proxy_proc)
@@ -463,11 +470,18 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="make the project supported with N published wheels (measures the merge)",
     )
+    parser.add_argument(
+        "--root-shape",
+        choices=("plain", "pypi"),
+        default="plain",
+        help='JSON root entries: {"name"} or pypi.org\'s {"_last-serial", "name"}',
+    )
+    parser.add_argument("--root-only", action="store_true", help="skip the page load runs")
     # Internal: the entry point of the fixture upstream's own process.
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_upstream:
-        asyncio.run(serve_upstream(args.root_names, VERSIONS))
+        asyncio.run(serve_upstream(args.root_names, VERSIONS, args.root_shape))
         return 0
     try:
         return asyncio.run(bench(args))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy import tokencli
+from proxy import __version__, tokencli
 from proxy.cli import ArgumentParser
 from proxy.config import Config, ConfigError, load_config
 from proxy.server.app import create_app
@@ -36,6 +36,7 @@ class UnusableFolder(Exception):
 
 def _parser() -> tuple[ArgumentParser, dict[str, Command]]:
     parser = ArgumentParser(prog=PROG, description="Serve the Simple Repository API.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--config", required=True, type=Path, help="path to config.ini")
     # Without a command, the proxy serves: the README's one-line start keeps working.
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")

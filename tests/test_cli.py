@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import os
 import signal
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+import proxy
 from tests.conftest import BIN, write_config
 from tests.upstream import FixtureUpstream
 
@@ -41,6 +43,14 @@ async def test_a_file_where_a_folder_should_be_is_one_line_and_exit_2(
     [line] = err.splitlines()
     assert line.startswith("pythonbuild-proxy: ")
     assert str(blocker) in line and "not a folder" in line
+
+
+async def test_the_version_is_written_in_one_place() -> None:
+    code, out, _ = await _run("--version")
+    assert code == 0
+    assert out.split() == ["pythonbuild-proxy", proxy.__version__]
+    assert importlib.metadata.version("pythonbuild") == proxy.__version__
+    assert f"pythonbuild/{proxy.__version__}" == proxy.USER_AGENT
 
 
 async def test_an_unknown_command_is_one_line_and_exit_2(

@@ -13,6 +13,7 @@ from yarl import URL
 
 from tests.conftest import ProxyFactory
 from tests.dists import make_sdist, make_wheel
+from tests.samples import parse_samples
 from tests.upstream import FixtureUpstream
 
 PIP_ACCEPT = (
@@ -410,17 +411,18 @@ async def test_health_and_metrics(make_proxy: ProxyFactory, demo: FixtureUpstrea
     demo.knobs.page_status = 500
     await client.get("/simple/demo-pkg/")
     await client.get("/simple/nothing-here/")
-    text = await (await client.get("/metrics")).text()
-    samples = dict(
-        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
-    )
-    requests = 'pythonbuild_http_requests_total{route="/simple/{project}/",status="200"}'
-    assert samples[requests] == "3"
-    assert (
-        samples['pythonbuild_http_requests_total{route="/simple/{project}/",status="502"}'] == "1"
-    )
-    assert samples['pythonbuild_page_cache_total{result="miss"}'] == "1"
-    assert samples['pythonbuild_page_cache_total{result="revalidated"}'] == "1"
-    assert samples['pythonbuild_page_cache_total{result="stale"}'] == "1"
-    assert samples['pythonbuild_upstream_errors_total{kind="status"}'] == "2"
-    assert int(samples["pythonbuild_upstream_request_seconds_count"]) == 4
+    resp = await client.get("/metrics")
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    samples = parse_samples(await resp.text())
+
+    def sample(name: str, **labels: str) -> float:
+        return samples[(name, frozenset(labels.items()))]
+
+    page = "/simple/{project}/"
+    assert sample("pythonbuild_http_requests_total", route=page, status="200") == 3
+    assert sample("pythonbuild_http_requests_total", route=page, status="502") == 1
+    assert sample("pythonbuild_page_cache_total", result="miss") == 1
+    assert sample("pythonbuild_page_cache_total", result="revalidated") == 1
+    assert sample("pythonbuild_page_cache_total", result="stale") == 1
+    assert sample("pythonbuild_upstream_errors_total", kind="status") == 2
+    assert sample("pythonbuild_upstream_request_seconds_count") == 4

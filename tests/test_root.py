@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import ijson
 import pytest
 
 from proxy.server.rootindex import _JsonNames
@@ -110,12 +111,22 @@ async def test_leftovers_of_a_crashed_fetch_are_cleaned_at_start(
     assert not (root_dir / "gen-1-never-switched").exists()
 
 
-def _scan(text: str, chunk: int) -> list[str]:
-    scanner = _JsonNames()
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# pypi.org's real root shape: every entry carries its `_last-serial`, and so does meta.
+PYPI_ROOT = FIXTURES / "root" / "pypi-shape.json"
+
+
+def _scan(body: bytes, chunk: int, *, want_serial: bool = True) -> tuple[list[str], int | None]:
+    scanner = _JsonNames(want_serial=want_serial)
     names: list[str] = []
-    for i in range(0, len(text), chunk):
-        names += scanner.feed(text[i : i + chunk])
-    return names + scanner.close()
+    for i in range(0, len(body), chunk):
+        names += scanner.feed(body[i : i + chunk])
+    return names + scanner.close(), scanner.serial
+
+
+def test_the_fast_c_backend_of_ijson_is_the_one_in_use() -> None:
+    # The pure-Python backend would parse the root several times slower, silently.
+    assert ijson.backend == "yajl2_c"
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 7, 64, 10_000])
@@ -125,9 +136,30 @@ def test_json_root_scanner_survives_any_chunking(chunk: int) -> None:
     for text in (
         json.dumps(doc),
         json.dumps(doc, indent=2),
+        json.dumps(doc, ensure_ascii=False),  # multi-byte UTF-8 cut by the chunks
         json.dumps(dict(reversed(doc.items()))),
     ):
-        assert _scan(text, chunk) == [p["name"] for p in projects]
+        names, serial = _scan(text.encode(), chunk)
+        assert names == [p["name"] for p in projects]
+        assert serial == 42
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 100, 1 << 18])
+def test_json_root_scanner_reads_pypi_orgs_real_entry_shape(chunk: int) -> None:
+    body = PYPI_ROOT.read_bytes()
+    doc = json.loads(body)
+    assert all(set(p) == {"_last-serial", "name"} for p in doc["projects"])
+    names, serial = _scan(body, chunk)
+    assert names == [p["name"] for p in doc["projects"]]
+    assert len(names) == 20
+    assert serial == 31337042
+    # With the serial in a header, meta is not looked for.
+    assert _scan(body, chunk, want_serial=False) == (names, None)
+
+
+def test_entries_without_a_string_name_are_skipped() -> None:
+    body = b'{"projects": [{"name": "a"}, {"name": 5}, {"other": "b"}, {"name": "c", "x": {}}]}'
+    assert _scan(body, 3) == (["a", "c"], None)
 
 
 @pytest.mark.parametrize(
@@ -137,8 +169,31 @@ def test_json_root_scanner_survives_any_chunking(chunk: int) -> None:
         '{"projects": [{"name": "a"} {"name": "b"}]}',  # missing comma
         '["a", "b"]',
         '{"projects": [{"name": "a"}]} trailing',
+        "",
+        '{"projects": [{"name": "\xff"}]}',
     ],
 )
 def test_json_root_scanner_rejects_malformed_roots(text: str) -> None:
+    body = text.encode("latin-1") if "\xff" in text else text.encode()
     with pytest.raises(PageFormatError):
-        _scan(text, 5)
+        _scan(body, 5)
+
+
+async def test_pypi_orgs_root_shape_end_to_end(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream
+) -> None:
+    upstream.knobs.root_shape = "pypi"
+    upstream.knobs.root_names = 5000
+    upstream.knobs.serial = None  # only the body's meta carries it
+    upstream.add("Some_Project.Name")
+    client = await make_proxy()
+    resp = await client.get("/simple/", headers={"Accept": PIP_ACCEPT})
+    assert resp.status == 200
+    doc = await resp.json(content_type=JSON_V1)
+    names = [p["name"] for p in doc["projects"]]
+    assert names[0] == "Some_Project.Name"
+    assert names[1:] == [f"generated-project-{i}" for i in range(5000)]
+    assert doc["meta"]["_last-serial"] == 31000000
+    links = anchors(await (await client.get("/simple/")).text())
+    assert links[0]["href"] == "some-project-name/"
+    assert len(links) == 5001

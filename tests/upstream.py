@@ -42,6 +42,8 @@ class Knobs:
     serial: int | None = 100  # X-PyPI-Last-Serial, None for no header
     root_names: int = 3
     root_format: str = "json"  # json | html
+    # JSON root entries: plain {"name": ...}, or pypi.org's {"_last-serial": N, "name": ...}
+    root_shape: str = "plain"
     # Files: ok | wrong_hash | truncate | short_length | stall | gzip | redirect_loop
     file_mode: str = "ok"
     file_chunk: int = 64 * 1024
@@ -159,12 +161,17 @@ class FixtureUpstream:
         names = [p.name for p in self.projects.values()]
         names += [f"generated-project-{i}" for i in range(knobs.root_names)]
         batch: list[str] = []
-        await response.write(
-            b'{"meta":{"api-version":"1.1"},"projects":[' if is_json else b"<html>"
+        pypi = knobs.root_shape == "pypi"
+        meta = (
+            '{"meta":{"_last-serial":31000000,"api-version":"1.1"},'
+            if pypi
+            else '{"meta":{"api-version":"1.1"},'
         )
+        await response.write(f'{meta}"projects":['.encode() if is_json else b"<html>")
         for i, name in enumerate(names):
             if is_json:
-                batch.append(("," if i else "") + json.dumps({"name": name}))
+                entry = {"_last-serial": 30000000 + i, "name": name} if pypi else {"name": name}
+                batch.append(("," if i else "") + json.dumps(entry))
             else:
                 batch.append(f'<a href="/simple/{canonicalize_name(name)}/">{name}</a>\n')
             if len(batch) >= 5000:

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.config import Config
-from proxy.server import fileviews, uploadviews, views
+from proxy.server import farmviews, fileviews, uploadviews, views
 from proxy.server.auth import Forbidden, Unauthenticated
 from proxy.server.downloads import Downloader
 from proxy.server.errors import (
@@ -20,6 +20,7 @@ from proxy.server.errors import (
     ProjectNotFound,
     Redirect,
 )
+from proxy.server.farm import BadJobRequest, Farm, LeaseLost
 from proxy.server.files import Files
 from proxy.server.filestore import FileStore
 from proxy.server.intake import Conflict, Intake, Refused, Staging, TooLarge
@@ -27,6 +28,7 @@ from proxy.server.keys import (
     CONFIG,
     DEMAND,
     DOWNLOADS,
+    FARM,
     FILES,
     INTAKE,
     METRICS,
@@ -45,6 +47,7 @@ from proxy.server.rootindex import RootIndex
 from proxy.server.upstream import Upstream, UpstreamError, UpstreamTimeout
 from proxy.simple.names import InvalidProjectName
 from proxy.wheelhouse.demand import DemandQueue
+from proxy.wheelhouse.farmdb import FARM_DB, FarmDB
 from proxy.wheelhouse.store import Wheelhouse, demand_path
 from proxy.wheelhouse.tokens import TokenStore
 
@@ -109,6 +112,9 @@ ERRORS: dict[type[Exception], Answer] = {
     Refused: _refusal(400),
     Conflict: _refusal(409),
     TooLarge: _refusal(413, close=True),
+    # The jobs API.
+    BadJobRequest: _refusal(400),
+    LeaseLost: _refusal(409),
 }
 
 
@@ -197,9 +203,14 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
         demand=demand,
         metrics=metrics,
     )
+    farm_db = await asyncio.to_thread(
+        FarmDB, config.wheelhouse.path / FARM_DB, config.proxy.lease_timeout
+    )
+    app[FARM] = Farm(config, pages, wheelhouse, demand, farm_db, app[INTAKE])
     try:
         yield
     finally:
+        await asyncio.to_thread(farm_db.close)
         await asyncio.to_thread(demand.close)
         await downloads.close()
         await root.close()
@@ -220,4 +231,11 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/simple/{project}/", views.project_page)
     app.router.add_get("/files/{project}/{filename}", fileviews.project_file)
     app.router.add_post("/upload/", uploadviews.upload)
+    app.router.add_get("/api/v1/status", farmviews.status)
+    app.router.add_get("/api/v1/plan", farmviews.host_plan)
+    app.router.add_post("/api/v1/jobs/claim", farmviews.claim)
+    app.router.add_post("/api/v1/leases/{lease}/heartbeat", farmviews.heartbeat)
+    app.router.add_delete("/api/v1/leases/{lease}", farmviews.release)
+    app.router.add_put("/api/v1/leases/{lease}/wheels/{filename}", farmviews.hand_in)
+    app.router.add_post("/api/v1/leases/{lease}/failures", farmviews.failure)
     return app

@@ -16,7 +16,7 @@ import asyncio
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,7 +26,7 @@ from proxy.config import Config
 from proxy.server.pages import Pages
 from proxy.wheelhouse.intake import FilenameTaken, Published, UpstreamHasFilename, admit, check
 from proxy.wheelhouse.store import Wheelhouse
-from proxy.wheelhouse.wheelcheck import WheelRejected
+from proxy.wheelhouse.wheelcheck import CheckedWheel, WheelRejected
 
 STAGING = ".staging"
 
@@ -99,9 +99,11 @@ class Intake:
         path: Path,
         origin: Mapping[str, Any],
         expect: tuple[NormalizedName, str] | None = None,
+        accept: Callable[[CheckedWheel], None] | None = None,
     ) -> Published:
         """Check and publish the staged wheel at `path` (named as the client named it).
 
+        `accept` may refuse a sound wheel (raise Refused) before it is published.
         Raises Refused or Conflict; UpstreamError when upstream cannot be asked whether it
         has the filename and no copy of its page is held.
         """
@@ -109,6 +111,8 @@ class Intake:
             checked = await asyncio.to_thread(check, path, self._config.projects, expect)
         except WheelRejected as exc:
             raise Refused(str(exc)) from None
+        if accept is not None:
+            accept(checked)
         page = await self._pages.listing(checked.name)
         upstream = frozenset(f.filename for f in page.files) if page is not None else frozenset()
         try:

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from proxy.config import Config
 from proxy.server.downloads import Downloader
+from proxy.server.farm import Farm
 from proxy.server.files import Files
 from proxy.server.filestore import FileStore
 from proxy.server.intake import Intake, Staging
@@ -30,3 +31,4 @@ DEMAND = web.AppKey("demand", DemandQueue)
 TOKENS = web.AppKey("tokens", TokenStore)
 STAGING = web.AppKey("staging", Staging)
 INTAKE = web.AppKey("intake", Intake)
+FARM = web.AppKey("farm", Farm)

@@ -1,114 +1,126 @@
-"""Counters and a histogram, rendered in the Prometheus text exposition format.
+"""What /metrics reports, on prometheus_client, one registry per app.
 
-Small on purpose: the event loop is single-threaded, so plain dicts suffice.
+prometheus_client's metrics are thread-safe (the file store counts corrupt files
+from a worker thread) and its `generate_latest` writes the text exposition format.
+The facade keeps the call sites short and stable: `metrics.NAME.inc(label=...)`,
+`metrics.NAME.observe(seconds)`.
+
+Several worker processes (issue 12): prometheus_client's multiprocess mode sums
+them. The process that starts the workers sets `PROMETHEUS_MULTIPROC_DIR` to an
+empty folder before any worker imports prometheus_client (it picks its value
+store at import), and each worker's app is built with `Metrics(multiprocess_dir=
+that folder)`: the counters are then kept in per-process files there and
+`render()` sums every process's. Nothing else here changes.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Iterator
+from collections.abc import Sequence
+from pathlib import Path
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import Counter as _PromCounter
+from prometheus_client import Histogram as _PromHistogram
+from prometheus_client.multiprocess import MultiProcessCollector
 
-def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
-    if not pairs:
-        return ""
-    inner = ",".join(
-        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-        for k, v in pairs
-    )
-    return "{" + inner + "}"
+_Child = _PromCounter  # what Counter.labels() returns
 
 
 class Counter:
-    def __init__(self, name: str, help_text: str) -> None:
+    """A counter with fixed label names; `inc(amount, **labels)`."""
+
+    def __init__(
+        self, registry: CollectorRegistry, name: str, help_text: str, labels: Sequence[str]
+    ) -> None:
         self.name = name
-        self.help = help_text
-        self._values: dict[tuple[tuple[str, str], ...], float] = {}
+        self._metric = _PromCounter(
+            name.removesuffix("_total"), help_text, labelnames=tuple(labels), registry=registry
+        )
+        # One child per label set, found without prometheus_client's lock on the hot path.
+        self._children: dict[tuple[tuple[str, str], ...], _Child] = {}
 
     def inc(self, amount: float = 1, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        self._values[key] = self._values.get(key, 0) + amount
-
-    def value(self, **labels: str) -> float:
-        return self._values.get(tuple(sorted(labels.items())), 0)
-
-    def lines(self) -> Iterator[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} counter"
-        if not self._values:
-            yield f"{self.name} 0"
-        for key, value in sorted(self._values.items()):
-            yield f"{self.name}{_labels(key)} {value:g}"
+        if not labels:
+            self._metric.inc(amount)
+            return
+        key = tuple(labels.items())
+        child = self._children.get(key)
+        if child is None:
+            child = self._children.setdefault(key, self._metric.labels(**labels))
+        child.inc(amount)
 
 
 class Histogram:
     BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
-    def __init__(self, name: str, help_text: str) -> None:
+    def __init__(self, registry: CollectorRegistry, name: str, help_text: str) -> None:
         self.name = name
-        self.help = help_text
-        self._counts = [0] * (len(self.BUCKETS) + 1)
-        self._sum = 0.0
-        self.count = 0
+        self._metric = _PromHistogram(name, help_text, buckets=self.BUCKETS, registry=registry)
 
     def observe(self, seconds: float) -> None:
-        self._counts[bisect.bisect_left(self.BUCKETS, seconds)] += 1
-        self._sum += seconds
-        self.count += 1
-
-    def lines(self) -> Iterator[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} histogram"
-        cumulative = 0
-        for bound, n in zip(self.BUCKETS, self._counts, strict=False):
-            cumulative += n
-            yield f'{self.name}_bucket{{le="{bound:g}"}} {cumulative}'
-        yield f'{self.name}_bucket{{le="+Inf"}} {self.count}'
-        yield f"{self.name}_sum {self._sum:.6f}"
-        yield f"{self.name}_count {self.count}"
+        self._metric.observe(seconds)
 
 
 class Metrics:
     """Everything /metrics reports, owned by one app."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, multiprocess_dir: Path | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._multiprocess_dir = multiprocess_dir
+        r = self.registry
         self.requests = Counter(
-            "pythonbuild_http_requests_total", "HTTP requests served, by route and status."
+            r,
+            "pythonbuild_http_requests_total",
+            "HTTP requests served, by route and status.",
+            ("route", "status"),
         )
         self.page_cache = Counter(
+            r,
             "pythonbuild_page_cache_total",
             "Project page and root list lookups: hit, miss, revalidated, stale (served "
             "because upstream failed), negative (a remembered 404).",
+            ("result",),
         )
         self.upstream_errors = Counter(
-            "pythonbuild_upstream_errors_total", "Failed upstream requests, by kind."
+            r, "pythonbuild_upstream_errors_total", "Failed upstream requests, by kind.", ("kind",)
         )
         self.pages_rejected = Counter(
+            r,
             "pythonbuild_upstream_pages_rejected_total",
             "Upstream pages not taken: older serial than held, or unparseable.",
+            ("reason",),
         )
         self.file_cache = Counter(
+            r,
             "pythonbuild_file_cache_total",
             "File requests: hit (from disk), miss (fetched from upstream), "
             "passthrough (no sha256 on the page, not cached).",
+            ("result",),
         )
         self.file_bytes = Counter(
+            r,
             "pythonbuild_file_bytes_total",
             "File bytes: served from the cache, received from upstream.",
+            ("source",),
         )
         self.file_failures = Counter(
+            r,
             "pythonbuild_file_verification_failures_total",
             "Files not kept or thrown away: size or hash mismatch, failed fetch, corrupt on disk.",
+            ("kind",),
         )
         self.wheelhouse_errors = Counter(
+            r,
             "pythonbuild_wheelhouse_errors_total",
             "Local wheels left out of a page: manifest (damaged, unreadable or symlinked: "
             "all of the project's), wheel (one file unreadable).",
+            ("kind",),
         )
         self.file_fetch_seconds = Histogram(
-            "pythonbuild_file_fetch_seconds", "Duration of whole upstream file downloads."
+            r, "pythonbuild_file_fetch_seconds", "Duration of whole upstream file downloads."
         )
         self.upstream_latency = Histogram(
+            r,
             "pythonbuild_upstream_request_seconds",
             "Time to upstream response headers (pages: whole body).",
         )
@@ -117,16 +129,13 @@ class Metrics:
         self.upstream_latency.observe(seconds)
 
     def render(self) -> str:
-        parts = (
-            self.requests,
-            self.page_cache,
-            self.upstream_errors,
-            self.pages_rejected,
-            self.file_cache,
-            self.file_bytes,
-            self.file_failures,
-            self.wheelhouse_errors,
-            self.upstream_latency,
-            self.file_fetch_seconds,
-        )
-        return "\n".join(line for part in parts for line in part.lines()) + "\n"
+        """The Prometheus text exposition of this app (of every worker, in multiprocess mode)."""
+        registry = self.registry
+        if self._multiprocess_dir is not None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=str(self._multiprocess_dir))  # type: ignore[no-untyped-call]
+        return generate_latest(registry).decode()
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        """One sample's value as /metrics reports it (None: not reported)."""
+        return self.registry.get_sample_value(name, labels)

@@ -2,7 +2,7 @@
 
 Upstream's root is huge (pypi.org: ~780k names, tens of MB), so it is never held
 whole: each chunk is parsed as it arrives (HTML with html.parser's incremental
-feed, JSON with a scanner that decodes one project entry at a time) and the
+feed, JSON with ijson's event parser) and the
 names are written straight into both rendered forms. A finished generation
 (root.html, root.json, meta.json) lives in its own folder and is switched in by
 atomically replacing the `current` pointer, so a crash at any moment leaves the
@@ -19,16 +19,17 @@ import codecs
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from html.parser import HTMLParser
+from itertools import repeat
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
-from packaging.utils import InvalidName, canonicalize_name
+import ijson
+from packaging.utils import InvalidName, canonicalize_name, is_normalized_name
 
 from proxy.atomic import write_atomically
 from proxy.server.metrics import Metrics
@@ -44,8 +45,13 @@ HTML_NAME = "root.html"
 JSON_NAME = "root.json"
 META_NAME = "meta.json"
 POINTER = "current"
-# One project entry of the usual shape, followed by its comma.
-_SIMPLE_ITEM = re.compile(r'\s*\{\s*"name"\s*:\s*"([^"\\]*)"\s*\}\s*,')
+
+
+def _canonical(name: str) -> str | None:
+    try:
+        return canonicalize_name(name, validate=True)
+    except InvalidName:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,13 +206,12 @@ class _RootWriter:
         media = content_type.split(";", 1)[0].strip().lower()
         self._scanner: _NameScanner
         if media in JSON_TYPES:
-            self._scanner = _JsonNames()
+            self._scanner = _JsonNames(want_serial=serial is None)
         elif media in HTML_TYPES:
             self._scanner = _HtmlNames()
         else:
             raise PageFormatError(f"root has content type {media or 'none'!r}")
         self._folder = Path(tempfile.mkdtemp(dir=directory, prefix="tmp-"))
-        self._decoder = codecs.getincrementaldecoder("utf-8")()
         # Open across many feed() calls; finish() or discard() closes them.
         self._html: IO[str] = open(self._folder / HTML_NAME, "w", encoding="utf-8")  # noqa: SIM115
         self._json: IO[str] = open(self._folder / JSON_NAME, "w", encoding="utf-8")  # noqa: SIM115
@@ -220,27 +225,32 @@ class _RootWriter:
         self._json.write('{"projects":[')
 
     def feed(self, chunk: bytes) -> None:
-        try:
-            text = self._decoder.decode(chunk)
-        except UnicodeDecodeError as exc:
-            raise PageFormatError(f"root is not UTF-8: {exc}") from None
-        self._write(self._scanner.feed(text))
+        self._write(self._scanner.feed(chunk))
 
     def _write(self, names: list[str]) -> None:
-        html_lines = []
-        json_items = []
-        for name in names:
-            try:
-                normalized = canonicalize_name(name, validate=True)
-            except InvalidName:
-                continue  # a name no client could ask for
-            # A valid name is only [A-Za-z0-9._-]: nothing to escape in HTML or JSON.
-            html_lines.append(f'<a href="{normalized}/">{name}</a><br/>\n')
-            json_items.append(f'{{"name":"{name}"}}')
-        if json_items:
-            self._json.write(("," if self._count else "") + ",".join(json_items))
-            self._html.write("".join(html_lines))
-            self._count += len(json_items)
+        # A root has ~780k names: keep the work per name small. Most are valid and
+        # already normalized (one regex call, where canonicalize_name would be most
+        # of a root's cost); only the others go through canonicalize_name, and the
+        # invalid ones (no client could ask for them) are dropped.
+        normalized: list[str | None] = [
+            name if is_normalized_name(name) else _canonical(name) for name in names
+        ]
+        if None in normalized:
+            kept = [(n, c) for n, c in zip(names, normalized, strict=True) if c is not None]
+            names = [n for n, _ in kept]
+            normalized = [c for _, c in kept]
+        if not names:
+            return
+        # A valid name is only [A-Za-z0-9._-]: nothing to escape in HTML or JSON.
+        self._json.write(
+            ("," if self._count else "") + '{"name":"' + '"},{"name":"'.join(names) + '"}'
+        )
+        self._html.write(
+            "".join(
+                [f'<a href="{c}/">{n}</a><br/>\n' for c, n in zip(normalized, names, strict=True)]
+            )
+        )
+        self._count += len(names)
 
     def finish(self, fetched_at: float, validators: Validators) -> RootGeneration:
         self._write(self._scanner.close())
@@ -270,7 +280,7 @@ class _RootWriter:
 class _NameScanner(Protocol):
     serial: int | None
 
-    def feed(self, text: str) -> list[str]: ...
+    def feed(self, chunk: bytes) -> list[str]: ...
 
     def close(self) -> list[str]: ...
 
@@ -304,164 +314,74 @@ class _HtmlNames:
 
     def __init__(self) -> None:
         self._parser = _AnchorTexts()
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
 
-    def feed(self, text: str) -> list[str]:
+    def feed(self, chunk: bytes, *, final: bool = False) -> list[str]:
+        try:
+            text = self._decoder.decode(chunk, final)
+        except UnicodeDecodeError as exc:
+            raise PageFormatError(f"root is not UTF-8: {exc}") from None
         self._parser.feed(text)
         names, self._parser.names = self._parser.names, []
         return names
 
     def close(self) -> list[str]:
+        names = self.feed(b"", final=True)
         self._parser.close()
-        return self.feed("")
+        return names + self.feed(b"")
 
 
 class _JsonNames:
-    """PEP 691 root, `{"meta": {...}, "projects": [{"name": ...}, ...]}`, in any key order.
+    """PEP 691 root, `{"meta": {...}, "projects": [{"name": ...}, ...]}`, keys in any order,
+    entries with any other keys (pypi.org's carry `_last-serial`).
 
-    Top-level values other than `projects` are small and decoded whole; the
-    projects array is decoded one entry at a time, so memory stays flat.
+    ijson (its C backend, yajl2_c, where installed) parses the bytes as they come and
+    picks out the names itself, so memory stays flat however long the list and no
+    per-token work happens in Python. The serial in `meta` is wanted only when the
+    response had no X-PyPI-Last-Serial: a second parser reads the document until it
+    has seen `meta` (at once where `meta` comes first, as on pypi.org).
     """
 
-    _ws = " \t\r\n"
-    serial: int | None = None
+    def __init__(self, *, want_serial: bool = True) -> None:
+        self.serial: int | None = None
+        self._names = ijson.sendable_list()
+        self._parser = ijson.items_coro(self._names, "projects.item.name")
+        self._metas = ijson.sendable_list()
+        self._meta: Any = ijson.items_coro(self._metas, "meta") if want_serial else None
+        self._started = False
 
-    def __init__(self) -> None:
-        self._decoder = json.JSONDecoder()
-        self._buf = ""
-        self._pos = 0
-        self._state = "start"  # start, key, colon, value, after_value, items, after_item, end
-        self._key = ""
-
-    def feed(self, text: str) -> list[str]:
-        self._buf = self._buf[self._pos :] + text
-        self._pos = 0
-        names: list[str] = []
-        while self._step(names):
-            pass
-        return names
+    def feed(self, chunk: bytes) -> list[str]:
+        if not self._started and chunk.strip():
+            if not chunk.lstrip().startswith(b"{"):
+                raise PageFormatError("root JSON is not an object")
+            self._started = True
+        try:
+            self._parser.send(chunk)
+            if self._meta is not None:
+                self._meta.send(chunk)
+        except ijson.JSONError as exc:
+            raise PageFormatError(f"root JSON: {exc}") from None
+        return self._take()
 
     def close(self) -> list[str]:
-        names = self.feed("")
-        if self._state != "end" or self._buf[self._pos :].strip(self._ws):
-            raise PageFormatError("root JSON is truncated or malformed")
-        return names
-
-    def _fast_items(self, names: list[str]) -> None:
-        """Take the common `{"name": "..."},` entries with one regex match each; any
-        other shape (escapes, more keys, the last entry, a cut) goes to the decoder."""
-        buf, pos, match = self._buf, self._pos, _SIMPLE_ITEM.match
-        while m := match(buf, pos):
-            names.append(m.group(1))
-            pos = m.end()
-        self._pos = pos
-
-    def _skip_ws(self) -> bool:
-        buf, pos = self._buf, self._pos
-        while pos < len(buf) and buf[pos] in self._ws:
-            pos += 1
-        self._pos = pos
-        return pos < len(buf)
-
-    def _decode(self) -> object | None:
-        """Decode one JSON value at pos, or None if the buffer ends inside it."""
+        if not self._started:
+            raise PageFormatError("root JSON is empty")
         try:
-            value: object
-            value, end = self._decoder.raw_decode(self._buf, self._pos)
-        except json.JSONDecodeError as exc:
-            if exc.pos >= len(self._buf) - 1 or self._incomplete():
-                return None
-            raise PageFormatError(f"root JSON: {exc.msg} at {exc.pos}") from None
-        self._pos = end
-        return value
+            self._parser.close()
+        except ijson.JSONError as exc:
+            raise PageFormatError(f"root JSON is truncated or malformed: {exc}") from None
+        return self._take()
 
-    def _incomplete(self) -> bool:
-        # A value cut by the chunk boundary fails before the buffer's end only
-        # inside an unterminated string or number; retry once more data came.
-        return len(self._buf) - self._pos < (1 << 20)
-
-    def _expect(self, char: str) -> bool:
-        if not self._skip_ws():
-            return False
-        if self._buf[self._pos] != char:
-            raise PageFormatError(f"root JSON: expected {char!r} at {self._pos}")
-        self._pos += 1
-        return True
-
-    def _step(self, names: list[str]) -> bool:
-        state = self._state
-        if state == "end":
-            return False
-        if state == "start":
-            if not self._expect("{"):
-                return False
-            self._state = "key"
-            return True
-        if not self._skip_ws():
-            return False
-        char = self._buf[self._pos]
-        if state == "key":
-            if char == "}":
-                self._pos += 1
-                self._state = "end"
-                return True
-            key = self._decode()
-            if key is None:
-                return False
-            if not isinstance(key, str):
-                raise PageFormatError("root JSON: object key is not a string")
-            self._key, self._state = key, "colon"
-            return True
-        if state == "colon":
-            if not self._expect(":"):
-                return False
-            self._state = "value"
-            return True
-        if state == "value":
-            if self._key == "projects":
-                if not self._expect("["):
-                    return False
-                self._state = "items"
-                return True
-            value = self._decode()
-            if value is None:
-                return False
-            if self._key == "meta" and isinstance(value, dict):
-                serial = value.get("_last-serial")
-                if isinstance(serial, int | str) and str(serial).isdigit():
-                    self.serial = int(serial)
-            self._state = "after_value"
-            return True
-        if state == "after_value":
-            self._pos += 1
-            if char == ",":
-                self._state = "key"
-            elif char == "}":
-                self._state = "end"
-            else:
-                raise PageFormatError(f"root JSON: unexpected {char!r} at {self._pos - 1}")
-            return True
-        if state == "items":
-            self._fast_items(names)
-            if not self._skip_ws():
-                return False
-            char = self._buf[self._pos]
-            if char == "]":
-                self._pos += 1
-                self._state = "after_value"
-                return True
-            item = self._decode()
-            if item is None:
-                return False
-            if isinstance(item, dict) and isinstance(item.get("name"), str):
-                names.append(item["name"])
-            self._state = "after_item"
-            return True
-        # after_item
-        self._pos += 1
-        if char == ",":
-            self._state = "items"
-        elif char == "]":
-            self._state = "after_value"
-        else:
-            raise PageFormatError(f"root JSON: unexpected {char!r} at {self._pos - 1}")
-        return True
+    def _take(self) -> list[str]:
+        if self._metas:
+            meta = self._metas[0]
+            serial = meta.get("_last-serial") if isinstance(meta, dict) else None
+            if type(serial) is int and serial >= 0:
+                self.serial = serial
+            self._meta = None  # seen: the rest of the document is not its business
+            del self._metas[:]
+        names: list[str] = self._names[:]
+        del self._names[:]
+        if not all(map(isinstance, names, repeat(str))):
+            names = [n for n in names if isinstance(n, str)]  # a malformed entry: skipped
+        return names
