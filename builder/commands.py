@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,8 +93,11 @@ def plan_projects(
 
 def cmd_plan(config: Config, only: str | None, as_json: bool, out: TextIO) -> int:
     rows: list[dict[str, Any]] = []
+    planned = 0
+    skipped: dict[Skip, int] = {}
     for pp in plan_projects(config, only):
         for job in pp.plan.jobs:
+            planned += 1
             rows.append(
                 {
                     "project": job.project,
@@ -107,6 +110,7 @@ def cmd_plan(config: Config, only: str | None, as_json: bool, out: TextIO) -> in
                 asked = f"  (asked for {job.demand}x)" if job.demand else ""
                 print(f"{job.project} {job.version} {job.identifier}{asked}", file=out)
         for skip in pp.plan.skipped:
+            skipped[skip.kind] = skipped.get(skip.kind, 0) + 1
             rows.append(
                 {
                     "project": skip.project,
@@ -122,7 +126,18 @@ def cmd_plan(config: Config, only: str | None, as_json: bool, out: TextIO) -> in
     if as_json:
         json.dump(rows, out, indent=2)
         print(file=out)
+    else:
+        print(plan_summary(planned, skipped), file=out)
     return 0
+
+
+def plan_summary(planned: int, skipped: Mapping[Skip, int]) -> str:
+    """One line: how many jobs, how many skipped and why, the most common reason first."""
+    line = f"plan: {planned} planned, {sum(skipped.values())} skipped"
+    if skipped:
+        by_count = sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0].value))
+        line += ": " + ", ".join(f"{n} {kind.value}" for kind, n in by_count)
+    return line
 
 
 def parse_requirement(text: str) -> tuple[NormalizedName, str]:
@@ -276,6 +291,7 @@ def cmd_status(config: Config, only: str | None, as_json: bool, out: TextIO) -> 
         cells: list[Job | Skipped] = [*pp.plan.jobs, *pp.plan.skipped]
         cells.sort(key=lambda c: (_version_key(c.version), c.identifier), reverse=True)
         counts: dict[str, int] = {}
+        project_rows: list[dict[str, Any]] = []
         for cell in cells:
             status = "pending" if isinstance(cell, Job) else STATUS_OF[cell.kind]
             counts[status] = counts.get(status, 0) + 1
@@ -287,17 +303,55 @@ def cmd_status(config: Config, only: str | None, as_json: bool, out: TextIO) -> 
             }
             if isinstance(cell, Skipped) and status != "built":
                 row["reason"] = cell.reason
-            rows.append(row)
-            if not as_json:
-                why = f"  ({row['reason']})" if "reason" in row else ""
-                print(f"{cell.project} {cell.version} {cell.identifier}: {status}{why}", file=out)
-        if not as_json:
-            summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-            print(f"{pp.project}: {summary or 'nothing configured'}", file=out)
+            project_rows.append(row)
+        rows.extend(project_rows)
+        if as_json:
+            continue
+        for line in status_matrix(pp.project, project_rows):
+            print(line, file=out)
+        for row in project_rows:
+            if row["status"] in ("failed", "impossible"):
+                print(
+                    f"{row['project']} {row['version']} {row['identifier']}: {row['status']}  "
+                    f"({row['reason']})",
+                    file=out,
+                )
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        print(f"{pp.project}: {summary or 'nothing configured'}", file=out)
     if as_json:
         json.dump(rows, out, indent=2)
         print(file=out)
     return 0
+
+
+def _identifier_key(identifier: str) -> tuple[str, tuple[int, int], str]:
+    try:
+        parsed = Identifier.parse(identifier)
+    except ValueError:
+        return (identifier, (0, 0), identifier)
+    return (parsed.platform, parsed.version, parsed.python)
+
+
+def status_matrix(project: str, rows: list[dict[str, Any]]) -> list[str]:
+    """Versions (newest first) down, identifiers across, each cell the job's status."""
+    if not rows:
+        return []
+    identifiers = sorted({r["identifier"] for r in rows}, key=_identifier_key)
+    versions = sorted({r["version"] for r in rows}, key=_version_key, reverse=True)
+    cell = {(r["version"], r["identifier"]): r["status"] for r in rows}
+    first = max(len(project), *(len(v) for v in versions))
+    widths = [max(len(i), *(len(cell.get((v, i), "-")) for v in versions)) for i in identifiers]
+    lines = [
+        "  ".join(
+            [project.ljust(first), *(i.ljust(w) for i, w in zip(identifiers, widths, strict=True))]
+        )
+    ]
+    for version in versions:
+        cells = (
+            cell.get((version, i), "-").ljust(w) for i, w in zip(identifiers, widths, strict=True)
+        )
+        lines.append("  ".join([version.ljust(first), *cells]).rstrip())
+    return [line.rstrip() for line in lines]
 
 
 def _version_key(version: str) -> Version:

@@ -70,6 +70,7 @@ def list_wheels(config: Config, project: NormalizedName | None, out: TextIO, err
     wheelhouse = Wheelhouse(config.wheelhouse.path)
     projects = [project] if project is not None else wheelhouse.projects()
     failed = 0
+    listed = 0
     for name in projects:
         manifest = wheelhouse.manifest(name)
         if manifest.damaged is not None:
@@ -84,4 +85,13 @@ def list_wheels(config: Config, project: NormalizedName | None, out: TextIO, err
                 f"{name}  {wheel.filename}  {wheel.size} bytes  {kind}  {wheel.published_at}",
                 file=out,
             )
+            listed += 1
+    if not listed and not failed:
+        where = config.wheelhouse.path
+        print(
+            f"no wheels of {project} in the wheelhouse ({where})"
+            if project is not None
+            else f"the wheelhouse ({where}) holds no wheels yet",
+            file=out,
+        )
     return 1 if failed else 0

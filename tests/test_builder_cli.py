@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 import time
@@ -84,6 +85,14 @@ async def test_plan_json_gives_jobs_and_reasons(
     code, text = await builder(config, tmp_path / "home", "plan", "grpcio")
     assert code == 0
     assert "skip grpcio 1.48.1 cp311-macosx_arm64: macOS wheels need a Mac" in text
+    # The last line sums it up: every row counted once, by the reason's kind.
+    summary = text.splitlines()[-1]
+    match = re.fullmatch(r"plan: (\d+) planned, (\d+) skipped: (.*)", summary)
+    assert match is not None, summary
+    assert int(match[1]) + int(match[2]) == len(rows) == 8
+    counts = {kind: int(n) for n, kind in (p.split(" ", 1) for p in match[3].split(", "))}
+    assert counts["requires-python"] == 2 and counts["upstream has it"] == 1, summary
+    assert sum(counts.values()) == int(match[2])
 
 
 async def test_status_shows_built_upstream_and_impossible(
@@ -112,6 +121,12 @@ async def test_status_shows_built_upstream_and_impossible(
         "cp312-macosx_arm64": "impossible",
     }
     code, text = await builder(config, tmp_path / "home", "status")
+    lines = text.splitlines()
+    assert lines[:2] == [
+        "grpcio  cp311-macosx_arm64  cp312-macosx_arm64  cp311-manylinux_x86_64  "
+        "cp312-manylinux_x86_64",
+        "1.48.1  impossible          impossible          built                   upstream has it",
+    ]
     assert "grpcio 1.48.1 cp311-macosx_arm64: impossible  (macOS wheels need a Mac)" in text
     assert "grpcio: 1 built, 2 impossible, 1 upstream has it" in text
 
@@ -272,3 +287,15 @@ async def test_plan_reaches_the_proxy_of_the_same_config_without_proxy_url(
     assert code == 0, out
     assert {r["version"] for r in json.loads(out)} == {"1.48.1"}
     assert upstream.requests["/simple/grpcio/"] >= 1  # through the proxy, to the upstream
+
+
+async def test_list_says_so_when_the_wheelhouse_is_empty(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    client = await make_proxy(projects=("grpcio",))
+    config = builder_config(tmp_path, client, upstream)
+    wheelhouse = tmp_path / "proxy" / "wheelhouse"
+    code, out = await builder(config, tmp_path / "home", "list")
+    assert (code, out) == (0, f"the wheelhouse ({wheelhouse}) holds no wheels yet\n")
+    code, out = await builder(config, tmp_path / "home", "list", "grpcio")
+    assert (code, out) == (0, f"no wheels of grpcio in the wheelhouse ({wheelhouse})\n")
