@@ -450,3 +450,22 @@ async def test_proxy_starts_on_a_garbage_demand_database(
         assert [(r.project, r.platform) for r in queue.pending()] == [
             ("grpcio", "manylinux_aarch64")
         ]
+
+
+def test_symlinked_demand_database_is_not_written_through(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    elsewhere = tmp_path / "elsewhere.sqlite"
+    with DemandQueue(elsewhere) as queue:
+        queue.record("lxml", "5.0", platform_of("cp312", "manylinux_aarch64"))
+    before = elsewhere.read_bytes()
+    db = tmp_path / "wheelhouse" / "demand.sqlite"
+    db.parent.mkdir()
+    db.symlink_to(elsewhere)
+    with caplog.at_level(logging.WARNING), DemandQueue(db) as queue:
+        assert queue.pending() == []
+        queue.record("grpcio", "1.48.1", platform_of("cp312", "manylinux_aarch64"))
+    assert not db.is_symlink()
+    assert elsewhere.read_bytes() == before
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "is a symlink: moved to demand.sqlite.damaged-" in warning

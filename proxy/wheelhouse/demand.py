@@ -11,6 +11,7 @@ No aiohttp here, so the builder can import it.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -81,6 +82,12 @@ class DemandQueue:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
+        if path.is_symlink():
+            # The wheelhouse is never written through a symlink: the link is moved aside
+            # (renamed, its target untouched) and a queue of our own starts.
+            aside = _move_aside(path)
+            log.warning("demand database %s is a symlink: moved to %s, starting empty",
+                        path, aside.name)  # fmt: skip
         try:
             self._conn = self._open(path)
         except sqlite3.DatabaseError as exc:
@@ -196,7 +203,7 @@ def _move_aside(path: Path) -> Path:
     aside = path.with_name(f"{path.name}.damaged-{stamp}")
     for suffix in ("", "-wal", "-shm"):
         source = path.with_name(path.name + suffix)
-        if source.exists():
+        if os.path.lexists(source):
             source.replace(aside.with_name(aside.name + suffix))
     return aside
 
