@@ -9,8 +9,9 @@ from pathlib import Path
 from packaging.utils import InvalidName, canonicalize_name
 
 from proxy.cli import ArgumentParser
-from proxy.config import ConfigError, load_config
+from proxy.config import Config, ConfigError, load_config
 
+from . import remote
 from .commands import CommandError, cmd_build, cmd_plan, cmd_retry, cmd_run, cmd_status
 from .publish import list_wheels, publish
 
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         names = ", ".join(sorted(config.projects))
         print(f"pythonbuild-builder: {len(config.projects)} supported project(s): {names}")
         return 0
+    if config.builder.server is not None:
+        return _remote(config, args)
     if args.command == "publish":
         return publish(config, args.wheels, sys.stdout, sys.stderr)
     try:
@@ -77,6 +80,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pythonbuild-builder: {args.project!r} is not a project name", file=sys.stderr)
             return 2
     return list_wheels(config, project, sys.stdout, sys.stderr)
+
+
+def _remote(config: Config, args: argparse.Namespace) -> int:
+    """A build host ([builder] server): the proxy keeps the plan, the wheels and the state."""
+    try:
+        if args.command == "run":
+            return remote.cmd_run(config, args.rounds, sys.stdout)
+        if args.command == "plan":
+            return remote.cmd_plan(config, args.project, args.json, sys.stdout)
+        if args.command == "status":
+            return remote.cmd_status(config, args.project, args.json, sys.stdout)
+    except CommandError as exc:
+        print(f"pythonbuild-builder: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"pythonbuild-builder: {args.command} needs the wheelhouse; this is a build host for "
+        f"{config.builder.server} (upload with twine to its /upload/ instead)",
+        file=sys.stderr,
+    )
+    return 2
 
 
 if __name__ == "__main__":

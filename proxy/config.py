@@ -53,6 +53,8 @@ _KNOWN_OPTIONS = {
             "retry_backoff",
             "poll_interval",
             "cibuildwheel",
+            "server",
+            "token_file",
             *(f"{p}_image" for p in PLATFORMS),
         }
     )
@@ -126,6 +128,10 @@ class BuilderConfig:
     # default: this interpreter running `-m cibuildwheel`.
     cibuildwheel: tuple[str, ...]
     defaults: BuildOptions
+    # A build host's proxy (remote mode: jobs and wheels over HTTP, no wheelhouse access),
+    # its root URL ending in "/"; None: this host shares the wheelhouse folder.
+    server: URL | None = None
+    token_file: Path | None = None  # the build-scope token, for `server`
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -265,13 +271,24 @@ def _builder(base: Path, reader: _Reader) -> BuilderConfig:
     parallel_raw = reader.get("builder", "parallel", "1")
     if not (parallel_raw.isascii() and parallel_raw.isdigit() and int(parallel_raw) > 0):
         raise reader.fail("builder", "parallel", f"{parallel_raw!r} is not a positive count")
+    server = None
+    token_file = None
+    if reader.raw("builder", "server", ""):
+        server = reader.upstream("builder", "server", "")
+        raw_token_file = reader.raw("builder", "token_file", "")
+        if not raw_token_file:
+            raise reader.fail("builder", "token_file", "is needed with server")
+        token_file = base / raw_token_file
+    local_index = str(server / "simple/") if server is not None else str(_local_proxy_url(reader))
     return BuilderConfig(
+        server=server,
+        token_file=token_file,
         work_dir=base / reader.get("builder", "work_dir", "var/builder"),
         build_timeout=reader.seconds("builder", "build_timeout", 3600, minimum=1),
         parallel=int(parallel_raw),
         container_engine=reader.get("builder", "container_engine", "docker"),
         images=MappingProxyType(images),
-        proxy_url=reader.upstream("builder", "proxy_url", str(_local_proxy_url(reader))),
+        proxy_url=reader.upstream("builder", "proxy_url", local_index),
         retry_backoff=reader.seconds("builder", "retry_backoff", 3600),
         poll_interval=reader.seconds("builder", "poll_interval", 300, minimum=0.01),
         cibuildwheel=reader.command(
