@@ -23,6 +23,9 @@ from proxy import __version__, tokencli
 from proxy.cli import ArgumentParser
 from proxy.config import Config, ConfigError, load_config
 from proxy.server.app import create_app
+from proxy.server.filestore import FileStore
+from proxy.server.scrub import Pacer, scrub_pass
+from proxy.wheelhouse.store import Wheelhouse
 
 log = logging.getLogger("pythonbuild.proxy")
 PROG = "pythonbuild-proxy"
@@ -43,6 +46,10 @@ def _parser() -> tuple[ArgumentParser, dict[str, Command]]:
     handlers: dict[str, Command] = {}
     commands.add_parser("serve", help="serve until SIGTERM or SIGINT (the default)")
     handlers["serve"] = cmd_serve
+    commands.add_parser(
+        "verify", help="hash every cached file and wheelhouse wheel once; remove corrupt ones"
+    )
+    handlers["verify"] = cmd_verify
     tokencli.add_parser(commands)
     handlers["token"] = cmd_token
     return parser, handlers
@@ -61,6 +68,33 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_token(config: Config, args: argparse.Namespace) -> int:
     return tokencli.run(config, args, sys.stdout, sys.stderr)
+
+
+# -- verify -----------------------------------------------------------------------------
+
+
+def cmd_verify(config: Config, args: argparse.Namespace) -> int:
+    """One scrub pass at full speed: a line per corrupt file (removed from the cache or
+    withdrawn from the wheelhouse), a summary line; exit 1 if anything was corrupt."""
+    # The report below is the output: the scrubber's own log lines would say it twice.
+    logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
+    try:
+        check_folders(config)
+        store = FileStore(config.proxy.cache_dir / "files", config.proxy.cache_max_size)
+        # A proxy may be running on the same folders: its downloads stay as they are.
+        store.open(clean=False)
+        report = scrub_pass(store, Wheelhouse(config.wheelhouse.path), Pacer(0))
+    except (UnusableFolder, OSError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    for found in report.corrupt:
+        action = "removed" if found.store == "cache" else "withdrawn"
+        print(f"corrupt: {found.store} {found.what} ({action})")
+    print(
+        f"{PROG} verify: {report.checked} files checked ({report.bytes / (1 << 20):.1f} MiB), "
+        f"{len(report.corrupt)} corrupt"
+    )
+    return 1 if report.corrupt else 0
 
 
 # -- serve ------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ _KNOWN_OPTIONS = {
             "upstream_timeout",
             "unsupported",
             "cache_max_size",
+            "scrub_rate",
+            "scrub_interval",
             "max_upload_size",
             "lease_timeout",
         }
@@ -79,6 +81,10 @@ class ProxyConfig:
     upstream_timeout: float
     unsupported: Literal["proxy", "redirect"]
     cache_max_size: int | None  # bytes of distribution files kept; None: no cap
+    # Bytes per second the background scrubber re-hashes cached files and wheelhouse
+    # wheels at; 0: no scrubbing (`pythonbuild-proxy verify` still runs a pass).
+    scrub_rate: int = 10 << 20
+    scrub_interval: float = 3600  # seconds from one pass's start to the next one's, at least
     max_upload_size: int  # bytes of one POST /upload/ body
     lease_timeout: float  # seconds a build host keeps a job without a heartbeat
 
@@ -215,6 +221,8 @@ def _build(path: Path, parser: configparser.ConfigParser) -> Config:
         upstream_timeout=reader.seconds("proxy", "upstream_timeout", 30, minimum=0.001),
         unsupported="redirect" if unsupported == "redirect" else "proxy",
         cache_max_size=reader.size("proxy", "cache_max_size"),
+        scrub_rate=_scrub_rate(reader),
+        scrub_interval=reader.seconds("proxy", "scrub_interval", 3600),
         max_upload_size=reader.size("proxy", "max_upload_size") or 512 * _UNITS["M"],
         lease_timeout=reader.seconds("proxy", "lease_timeout", 600, minimum=1),
     )
@@ -226,6 +234,13 @@ def _build(path: Path, parser: configparser.ConfigParser) -> Config:
         projects=MappingProxyType(projects),
         builder=builder,
     )
+
+
+def _scrub_rate(reader: _Reader) -> int:
+    if reader.raw("proxy", "scrub_rate", "") == "0":
+        return 0
+    rate = reader.size("proxy", "scrub_rate")
+    return 10 << 20 if rate is None else rate
 
 
 def _build_options(reader: _Reader, section: str, defaults: BuildOptions | None) -> BuildOptions:

@@ -44,6 +44,7 @@ from proxy.server.metrics import Metrics
 from proxy.server.pagecache import PageCache
 from proxy.server.pages import Pages
 from proxy.server.rootindex import RootIndex
+from proxy.server.scrub import Scrubber
 from proxy.server.upstream import Upstream, UpstreamError, UpstreamTimeout
 from proxy.simple.names import InvalidProjectName
 from proxy.wheelhouse.demand import DemandQueue
@@ -207,9 +208,18 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
         FarmDB, config.wheelhouse.path / FARM_DB, config.proxy.lease_timeout
     )
     app[FARM] = Farm(config, pages, wheelhouse, demand, farm_db, app[INTAKE])
+    scrubber = Scrubber(
+        store,
+        wheelhouse,
+        metrics,
+        rate=config.proxy.scrub_rate,
+        interval=config.proxy.scrub_interval,
+    )
+    scrubber.start()
     try:
         yield
     finally:
+        await asyncio.to_thread(scrubber.close)
         await asyncio.to_thread(farm_db.close)
         await asyncio.to_thread(demand.close)
         await downloads.close()

@@ -8,9 +8,12 @@ A file is renamed into place only after its length and sha256 were checked, so
 a crash at any moment leaves at most a partial in tmp/. Files are verified
 against their name before their first serve in a process, and again whenever
 their stat signature (inode, size, mtime) changes; a file that fails is
-deleted and fetched again. Symlinks and other non-regular entries are never
-followed. Least-recently-used files are evicted past `max_size`, except the
-ones being read.
+deleted and fetched again. Nothing inside the root is ever written or read
+through a symlink: every folder below it is opened with O_NOFOLLOW and files
+relative to it (openat), and a symlink or file found where a folder should be is
+removed and the folder made anew. Least-recently-used files are evicted past
+`max_size`, except the ones being read. `verify()` re-hashes one file at a
+pace its caller sets (the scrubber).
 
 Every method does blocking I/O: call them from a worker thread. The index is
 shared by those threads, hence the lock.
@@ -18,6 +21,8 @@ shared by those threads, hence the lock.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -26,15 +31,17 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from proxy.diskfile import CachedFile, is_sha256, sha256_of
+from proxy.diskfile import HASH_CHUNK, CachedFile, is_sha256
 
 log = logging.getLogger(__name__)
 
 ATIME_GRANULARITY_NS = 60 * 10**9  # persist recency at most once a minute per file
+FILES, TMP = "sha256", "tmp"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
 @dataclass
@@ -48,6 +55,7 @@ class Partial:
     sha256: str
     path: Path
     fd: int
+    name: str = ""  # its name in tmp/
     written: int = 0
     hashed: int = 0
     hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
@@ -101,28 +109,107 @@ class FileStore:
 
     # -- start-up -----------------------------------------------------------------
 
-    def open(self) -> None:
-        """Create the folders, drop leftovers of a crash, index what is there by recency."""
-        self._files.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self._tmp, ignore_errors=True)
-        self._tmp.mkdir(parents=True, exist_ok=True)
-        found: list[tuple[int, str, int]] = []
-        for bucket in os.scandir(self._files):
-            if not bucket.is_dir(follow_symlinks=False):
-                continue
-            for entry in os.scandir(bucket.path):
-                st = entry.stat(follow_symlinks=False)
-                if not stat.S_ISREG(st.st_mode) or not is_sha256(entry.name):
-                    # Nothing of ours; never follow or serve it.
-                    log.warning("removing foreign entry %s from the file cache", entry.path)
-                    _remove(Path(entry.path))
+    def open(self, *, clean: bool = True) -> None:
+        """Create the folders, drop leftovers of a crash, index what is there by recency.
+
+        `clean=False` (another process, `verify`, while the proxy runs) leaves the
+        downloads in progress and the size cap to the proxy."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._dir(TMP, fresh=clean), self._dir(FILES) as files:
+            found: list[tuple[int, str, int]] = []
+            for bucket in os.scandir(files):
+                if not bucket.is_dir(follow_symlinks=False):
+                    # Nothing of ours; never followed, written through or served.
+                    log.warning("removing foreign entry %s from the file cache", bucket.name)
+                    os.unlink(bucket.name, dir_fd=files)
                     continue
-                found.append((st.st_atime_ns, entry.name, st.st_size))
+                with self._subdir(files, bucket.name) as folder:
+                    for entry in os.scandir(folder):
+                        st = entry.stat(follow_symlinks=False)
+                        if not stat.S_ISREG(st.st_mode) or not is_sha256(entry.name):
+                            log.warning("removing foreign entry %s/%s", bucket.name, entry.name)
+                            _remove_in(folder, entry.name)
+                            continue
+                        found.append((st.st_atime_ns, entry.name, st.st_size))
         with self._lock:
             for atime, sha, size in sorted(found):
                 self._index[sha] = _Entry(size=size, touched_ns=atime)
                 self.total += size
-        self.evict()
+        if clean:
+            self.evict()
+
+    # -- folders, never through a symlink -------------------------------------------
+
+    @contextlib.contextmanager
+    def _dir(self, name: str, *, fresh: bool = False) -> Iterator[int]:
+        """A folder just below the root (trusted: the operator's) as a descriptor."""
+        root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if fresh:
+                _remove_in(root, name)
+            with self._subdir(root, name) as fd:
+                yield fd
+        finally:
+            os.close(root)
+
+    @contextlib.contextmanager
+    def _subdir(self, parent: int, name: str, *, create: bool = True) -> Iterator[int]:
+        """`name` in `parent` as a folder descriptor, opened without following a symlink.
+        A symlink or file in its place is removed and the folder made anew; without
+        `create`, a missing or foreign folder raises FileNotFoundError."""
+        for _ in range(3):  # a racing creator or remover: try again, then give up
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+                break
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o755, dir_fd=parent)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                log.warning("file cache: %s is not a folder (a symlink?); removing it", name)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=parent)
+                if not create:
+                    raise FileNotFoundError(errno.ENOENT, f"{name} was not a folder") from None
+        else:
+            raise OSError(errno.EAGAIN, f"file cache folder {name} keeps changing")
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _bucket(self, sha256: str, *, create: bool = False) -> Iterator[int]:
+        with self._dir(FILES) as files, self._subdir(files, sha256[:2], create=create) as fd:
+            yield fd
+
+    def _checked_stat(self, sha256: str) -> os.stat_result:
+        """The file's lstat, after checking that no folder on its path is a symlink: the
+        path is what the server opens to send it."""
+        for folder in (self._files, self._files / sha256[:2]):
+            if not stat.S_ISDIR(folder.lstat().st_mode):
+                raise OSError(errno.ELOOP, f"{folder} is not a folder (a symlink?)")
+        st = self.path(sha256).lstat()
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.ELOOP, f"{self.path(sha256)} is not a regular file")
+        return st
+
+    def _hash(self, sha256: str, spend: Callable[[int], None] | None = None) -> tuple[str, int]:
+        """The file's sha256 and inode, read without following any symlink."""
+        with self._bucket(sha256) as bucket:
+            fd = os.open(sha256, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=bucket)
+        try:
+            hasher = hashlib.sha256()
+            while chunk := os.read(fd, HASH_CHUNK):
+                hasher.update(chunk)  # releases the GIL: other threads go on
+                if spend is not None:
+                    spend(len(chunk))
+            return hasher.hexdigest(), os.fstat(fd).st_ino
+        finally:
+            os.close(fd)
 
     # -- reading ------------------------------------------------------------------
 
@@ -135,12 +222,11 @@ class FileStore:
             entry.pins += 1  # before any I/O: eviction skips it from now on
         path = self.path(sha256)
         try:
-            st = path.lstat()
-            if not stat.S_ISREG(st.st_mode):
-                raise OSError(f"{path} is not a regular file")
+            st = self._checked_stat(sha256)
             signature = (st.st_ino, st.st_size, st.st_mtime_ns)
             if entry.signature != signature:
-                if sha256_of(path) != sha256:
+                digest, inode = self._hash(sha256)
+                if digest != sha256 or inode != st.st_ino:
                     raise OSError(f"{path} does not match its sha256")
                 entry.signature = signature
         except OSError as exc:
@@ -149,10 +235,43 @@ class FileStore:
             with self._lock:
                 entry.pins -= 1
                 self._forget(sha256)
-            _remove(path)
+            self._unlink(sha256)
             return None
-        self._touch(sha256, entry, path)
+        self._touch(sha256, entry)
         return CachedFile(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+    def files(self) -> list[str]:
+        """The sha256 of every file held, least recently used first (a snapshot)."""
+        with self._lock:
+            return list(self._index)
+
+    def verify(self, sha256: str, spend: Callable[[int], None] | None = None) -> bool | None:
+        """Hash a held file again whatever its signature says (a flipped byte keeps inode,
+        size and mtime); a corrupt one is removed. `spend(n)` is called per chunk read,
+        so the caller sets the pace. True: intact; False: corrupt, removed; None: gone."""
+        with self._lock:
+            entry = self._index.get(sha256)
+            if entry is None:
+                return None
+            entry.pins += 1  # never evicted while it is being read
+        try:
+            st = self._checked_stat(sha256)
+            digest, inode = self._hash(sha256, spend)
+            intact = digest == sha256 and inode == st.st_ino
+        except FileNotFoundError:
+            intact = False
+        except OSError as exc:
+            log.warning("file cache: %s", exc)
+            intact = False
+        with self._lock:
+            entry.pins -= 1
+            if intact:
+                entry.signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+            else:
+                self._forget(sha256)
+        if not intact:
+            self._unlink(sha256)
+        return intact
 
     def release(self, sha256: str) -> None:
         with self._lock:
@@ -160,7 +279,7 @@ class FileStore:
             if entry is not None and entry.pins > 0:
                 entry.pins -= 1
 
-    def _touch(self, sha256: str, entry: _Entry, path: Path) -> None:
+    def _touch(self, sha256: str, entry: _Entry) -> None:
         now = time.time_ns()
         with self._lock:
             if sha256 in self._index:
@@ -171,17 +290,20 @@ class FileStore:
             # Recency survives a restart through atime, set explicitly (noatime
             # mounts included); mtime, part of the verified signature, is kept.
             try:
-                st = path.lstat()
-                os.utime(path, ns=(now, st.st_mtime_ns), follow_symlinks=False)
+                with self._bucket(sha256) as bucket:
+                    st = os.stat(sha256, dir_fd=bucket, follow_symlinks=False)
+                    os.utime(sha256, ns=(now, st.st_mtime_ns), dir_fd=bucket, follow_symlinks=False)
             except OSError:
                 pass
 
     # -- writing ------------------------------------------------------------------
 
     def begin(self, sha256: str) -> Partial:
-        path = self._tmp / f"{sha256}.{os.urandom(6).hex()}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        return Partial(sha256=sha256, path=path, fd=fd)
+        name = f"{sha256}.{os.urandom(6).hex()}"
+        with self._dir(TMP) as tmp:
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            fd = os.open(name, flags, 0o644, dir_fd=tmp)
+        return Partial(sha256=sha256, path=self._tmp / name, fd=fd, name=name)
 
     def commit(self, partial: Partial, size: int | None) -> Path:
         """Keep the partial as the file for its sha256, if length and hash both match."""
@@ -193,23 +315,38 @@ class FileStore:
         if actual != partial.sha256:
             raise StoreError("hash", f"sha256 {actual} != expected {partial.sha256}")
         os.fsync(partial.fd)
-        final = self.path(partial.sha256)
-        final.parent.mkdir(exist_ok=True)
-        partial.path.replace(final)
-        st = final.lstat()
+        sha = partial.sha256
+        with self._dir(TMP) as tmp, self._bucket(sha, create=True) as bucket:
+            # Both folders are descriptors opened without following symlinks: the file
+            # lands in the cache's own folder, whatever was planted on the way.
+            os.replace(partial.name, sha, src_dir_fd=tmp, dst_dir_fd=bucket)
+            st = os.stat(sha, dir_fd=bucket, follow_symlinks=False)
         with self._lock:
-            self._forget(partial.sha256)
-            self._index[partial.sha256] = _Entry(
+            self._forget(sha)
+            self._index[sha] = _Entry(
                 size=st.st_size,
                 signature=(st.st_ino, st.st_size, st.st_mtime_ns),
                 touched_ns=time.time_ns(),
             )
             self.total += st.st_size
         self.evict()
-        return final
+        return self.path(sha)
 
     def discard(self, partial: Partial) -> None:
-        _remove(partial.path)
+        try:
+            with self._dir(TMP) as tmp:
+                _remove_in(tmp, partial.name)
+        except OSError as exc:
+            log.warning("file cache: cannot remove %s: %s", partial.name, exc)
+
+    def _unlink(self, sha256: str) -> None:
+        try:
+            with self._bucket(sha256) as bucket:
+                _remove_in(bucket, sha256)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("file cache: cannot remove %s: %s", sha256, exc)
 
     # -- size cap -----------------------------------------------------------------
 
@@ -227,7 +364,7 @@ class FileStore:
                 self._forget(sha)
                 victims.append(sha)
         for sha in victims:
-            _remove(self.path(sha))
+            self._unlink(sha)
         return victims
 
     def _forget(self, sha256: str) -> None:
@@ -239,11 +376,15 @@ class FileStore:
         return sha256 in self._index
 
 
-def _remove(path: Path) -> None:
+def _remove_in(folder: int, name: str) -> None:
+    """Remove `name` from the folder, whatever it is, following no symlink."""
     try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        st = os.stat(name, dir_fd=folder, follow_symlinks=False)
     except FileNotFoundError:
-        pass
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=folder)
+        return
+    # shutil.rmtree with dir_fd never follows symlinks (its fd-based variant).
+    shutil.rmtree(name, dir_fd=folder, ignore_errors=True)

@@ -116,6 +116,16 @@ class Metrics:
             "all of the project's), wheel (one file unreadable).",
             ("kind",),
         )
+        self.scrub_files = Counter(
+            r,
+            "pythonbuild_scrub_files_total",
+            "Files hashed again by the scrubber, by store (cache, wheelhouse) and result "
+            "(ok; corrupt: removed from the cache or withdrawn from the wheelhouse).",
+            ("store", "result"),
+        )
+        self.scrub_bytes = Counter(
+            r, "pythonbuild_scrub_bytes_total", "Bytes hashed by the scrubber.", ()
+        )
         self.file_fetch_seconds = Histogram(
             r, "pythonbuild_file_fetch_seconds", "Duration of whole upstream file downloads."
         )

@@ -424,6 +424,36 @@ class Wheelhouse:
             _fsync_dir(folder)
             return wheel, True
 
+    # -- re-verifying (the proxy's scrubber, `pythonbuild-proxy verify`) ---------------
+
+    def open_listed(self, project: NormalizedName, filename: str) -> int:
+        """A read descriptor of a file in the project's folder, no symlink followed."""
+        with self._folder(project) as folder:
+            return os.open(filename, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder)
+
+    def withdraw(self, project: NormalizedName, filename: str, sha256: str) -> bool:
+        """Take a wheel found corrupt out: its manifest entry first (so no page lists it),
+        then the wheel and its .metadata; a later publish or build may add it again.
+        Only while the manifest still lists it with that sha256: a wheel published
+        again meanwhile is left alone. True when it was withdrawn."""
+        with self._locked(project) as folder:
+            raw = self._read_manifest(project)
+            held = raw["wheels"].get(filename) if raw is not None else None
+            if raw is None or held is None or held.get("sha256") != sha256:
+                return False
+            del raw["wheels"][filename]
+            document = json.dumps(raw, indent=2, sort_keys=True).encode() + b"\n"
+            write_atomically(folder / MANIFEST, document, mode=FILE_MODE)
+            with self._folder(project) as fd:
+                for name in (filename, filename + METADATA_SUFFIX):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=fd)
+            _fsync_dir(folder)
+        with self._lock:
+            for name in (filename, filename + METADATA_SUFFIX):
+                self._verified.pop(self.wheel_path(project, name), None)
+        return True
+
 
 def _unreadable(folder: int, name: str) -> str | None:
     """Why the proxy cannot serve `name` from the folder (None: it can)."""

@@ -1,0 +1,101 @@
+"""The file cache never writes or reads through a symlink planted inside it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ProxyFactory
+from tests.dists import Dist, make_wheel
+from tests.test_files import fetch, files_dir, stored
+from tests.upstream import FixtureUpstream
+
+
+@pytest.fixture
+def wheel(upstream: FixtureUpstream) -> Dist:
+    dist = make_wheel("planted", "1.0", payload=os.urandom(256 * 1024))
+    upstream.add("planted", dist)
+    return dist
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """Where a planted symlink points: must stay as it was."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    (folder / "keep").write_bytes(b"not the cache's")
+    return folder
+
+
+def untouched(outside: Path) -> bool:
+    return [p.name for p in outside.iterdir()] == ["keep"] and (
+        outside / "keep"
+    ).read_bytes() == b"not the cache's"
+
+
+@pytest.mark.parametrize("planted", ["bucket", "tmp", "sha256"])
+async def test_a_symlinked_folder_planted_while_running_is_not_written_through(
+    make_proxy: ProxyFactory,
+    upstream: FixtureUpstream,
+    wheel: Dist,
+    tmp_path: Path,
+    outside: Path,
+    planted: str,
+) -> None:
+    client = await make_proxy()
+    root = files_dir(tmp_path)
+    link = {
+        "bucket": root / "sha256" / wheel.sha256[:2],
+        "tmp": root / "tmp",
+        "sha256": root / "sha256",
+    }[planted]
+    if link.exists():
+        shutil.rmtree(link)
+    link.symlink_to(outside, target_is_directory=True)
+    path = f"/files/planted/{wheel.filename}"
+    assert await fetch(client, path) == (200, wheel.content)
+    assert untouched(outside)
+    assert not link.is_symlink() and link.is_dir()
+    [cached] = stored(tmp_path)
+    assert cached == root / "sha256" / wheel.sha256[:2] / wheel.sha256
+    assert cached.read_bytes() == wheel.content
+    # And it is served from there afterwards.
+    assert await fetch(client, path) == (200, wheel.content)
+    assert upstream.requests[path] == 1
+
+
+async def test_symlinked_folders_found_at_start_are_removed_not_followed(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, wheel: Dist, tmp_path: Path, outside: Path
+) -> None:
+    root = files_dir(tmp_path)
+    (root / "sha256").mkdir(parents=True)
+    (root / "tmp").symlink_to(outside, target_is_directory=True)
+    (root / "sha256" / wheel.sha256[:2]).symlink_to(outside, target_is_directory=True)
+    (root / "sha256" / "zz").write_text("a file where a bucket should be")
+    client = await make_proxy()
+    assert untouched(outside)
+    assert not (root / "tmp").is_symlink() and (root / "tmp").is_dir()
+    assert not (root / "sha256" / wheel.sha256[:2]).exists()
+    assert not (root / "sha256" / "zz").exists()
+    assert await fetch(client, f"/files/planted/{wheel.filename}") == (200, wheel.content)
+    assert untouched(outside)
+
+
+async def test_a_cached_file_behind_a_symlinked_folder_is_not_read_through(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, wheel: Dist, tmp_path: Path, outside: Path
+) -> None:
+    client = await make_proxy()
+    path = f"/files/planted/{wheel.filename}"
+    assert await fetch(client, path) == (200, wheel.content)
+    bucket = files_dir(tmp_path) / "sha256" / wheel.sha256[:2]
+    # The same verified bytes, moved outside and linked back in: still not ours.
+    shutil.move(bucket / wheel.sha256, outside / wheel.sha256)
+    bucket.rmdir()
+    bucket.symlink_to(outside, target_is_directory=True)
+    assert await fetch(client, path) == (200, wheel.content)
+    assert upstream.requests[path] == 2  # fetched again, not read through the link
+    assert (outside / wheel.sha256).read_bytes() == wheel.content  # and nothing deleted there
+    assert not bucket.is_symlink()
