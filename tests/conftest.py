@@ -91,21 +91,27 @@ async def run(*args: str, env: dict[str, str]) -> tuple[int, str]:
 class ProxyProcess:
     """`pythonbuild-proxy` as a real process, for signals, crashes and restarts."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, log: Path | None = None) -> None:
         self.config = config
+        self.log = log  # where its stderr (the log) goes; nowhere without one
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
 
     async def start(self) -> str:
         env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
-        self.proc = await asyncio.create_subprocess_exec(
-            str(BIN / "pythonbuild-proxy"),
-            "--config",
-            str(self.config),
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        log = self.log.open("ab") if self.log is not None else None
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                str(BIN / "pythonbuild-proxy"),
+                "--config",
+                str(self.config),
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL if log is None else log,
+            )
+        finally:
+            if log is not None:
+                log.close()  # the child has its own copy
         assert self.proc.stdout is not None
         line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
         assert b"listening on" in line, line
@@ -127,8 +133,8 @@ class ProxyProcess:
 async def proxy_process(tmp_path: Path) -> AsyncIterator[Callable[[Path], ProxyProcess]]:
     started: list[ProxyProcess] = []
 
-    def make(config: Path) -> ProxyProcess:
-        process = ProxyProcess(config)
+    def make(config: Path, log: Path | None = None) -> ProxyProcess:
+        process = ProxyProcess(config, log)
         started.append(process)
         return process
 

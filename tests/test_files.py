@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +15,7 @@ from aiohttp.web import Application, Request
 
 from proxy.server.filestore import FileStore
 from tests.conftest import ProxyFactory, ProxyProcess, write_config
+from tests.disks import tiny_disk
 from tests.dists import Dist, make_sdist, make_wheel
 from tests.samples import metric
 from tests.upstream import FixtureUpstream
@@ -334,28 +333,12 @@ def test_a_file_being_read_is_never_evicted(tmp_path: Path) -> None:
     assert store.total == 8
 
 
-@contextlib.contextmanager
-def _tiny_disk(path: Path, size: str) -> Iterator[None]:
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield None
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 async def test_full_disk_is_a_clean_error_and_the_proxy_recovers(
     make_proxy: ProxyFactory, upstream: FixtureUpstream, big: Dist, tmp_path: Path
 ) -> None:
     small = make_wheel("small", "1.0")
     upstream.add("small", small)
-    with _tiny_disk(files_dir(tmp_path), "1m"):
+    with tiny_disk(files_dir(tmp_path), "1m"):
         client = await make_proxy()
         status, body = await fetch(client, f"/files/big/{big.filename}")
         assert body is None or status != 200

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 from packaging.utils import NormalizedName
 
 from proxy.server.errors import NotAcceptable, Redirect
 from proxy.server.keys import CONFIG, METRICS, PAGES, ROOT
 from proxy.server.pages import Page
+from proxy.server.xcache import CacheStatus
 from proxy.simple.names import project_name
 from proxy.simple.negotiate import HTML_LEGACY, HTML_V1, JSON_V1, Format, negotiate
 
@@ -58,14 +61,24 @@ def _page_response(request: web.Request, page: Page) -> web.Response:
     }
     if page.serial is not None:
         headers["X-PyPI-Last-Serial"] = str(page.serial)
-    if any(tag.value == page.etag.strip('"') for tag in request.if_none_match or ()):
+    # RFC 9110 13.1.2: weak comparison, and "*" matches any current representation.
+    tags = request.if_none_match or ()
+    if any(tag.value in ("*", page.etag.strip('"')) for tag in tags):
         return web.Response(status=304, headers=headers)
     return web.Response(body=page.body, headers=headers)
 
 
 async def root_index(request: web.Request) -> web.StreamResponse:
     fmt = _format(request)
+    asked = time.time()
     generation = await request.app[ROOT].get()
+    # Fetched for this request, held and fresh, or held and expired (being refreshed).
+    if generation.fetched_at >= asked:
+        cache = CacheStatus.MISS
+    elif time.time() - generation.fetched_at >= request.app[CONFIG].proxy.root_ttl:
+        cache = CacheStatus.STALE
+    else:
+        cache = CacheStatus.HIT
     path = generation.json if fmt.is_json else generation.html
     return web.FileResponse(
         path,
@@ -73,6 +86,7 @@ async def root_index(request: web.Request) -> web.StreamResponse:
             "Content-Type": fmt.value,
             "Vary": "Accept",
             "Cache-Control": "max-age=600, public",
+            "X-Cache": cache.header,
         },
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from html.parser import HTMLParser
 from urllib.parse import urldefrag, urljoin
 
@@ -68,9 +68,7 @@ def parse_project_json(body: bytes, page_url: str) -> ProjectPage:
     meta = doc.get("meta")
     meta = meta if isinstance(meta, dict) else {}
     api_version = meta.get("api-version")
-    files = tuple(
-        f for f in (_json_file(entry, page_url) for entry in doc["files"]) if f is not None
-    )
+    files = _first_of_each(_json_file(entry, page_url) for entry in doc["files"])
     listed = doc.get("versions")
     listed = [v for v in listed if isinstance(v, str)] if isinstance(listed, list) else []
     return ProjectPage(
@@ -82,6 +80,21 @@ def parse_project_json(body: bytes, page_url: str) -> ProjectPage:
         meta_extra={k: v for k, v in meta.items() if k not in _META_KEYS},
         extra={k: v for k, v in doc.items() if k not in _PAGE_KEYS},
     )
+
+
+def _first_of_each(files: Iterable[DistFile | None]) -> tuple[DistFile, ...]:
+    """One entry per filename, the first: a filename names one file (clients and
+    lockfiles key on it), and a page listing it twice with other hashes must not
+    let the second one be what is fetched and checked."""
+    kept: dict[str, DistFile] = {}
+    for f in files:
+        if f is None:
+            continue
+        if f.filename in kept:
+            log.warning("dropping a second entry for %s", f.filename)
+            continue
+        kept[f.filename] = f
+    return tuple(kept.values())
 
 
 def _reject_constant(name: str) -> None:
@@ -149,11 +162,7 @@ def parse_project_html(body: bytes, page_url: str, name: str) -> ProjectPage:
     parser = _AnchorParser()
     parser.feed(text)
     parser.close()
-    files = tuple(
-        f
-        for f in (_html_file(attrs, label, page_url) for attrs, label in parser.anchors)
-        if f is not None
-    )
+    files = _first_of_each(_html_file(attrs, label, page_url) for attrs, label in parser.anchors)
     return ProjectPage(name=name, files=files, versions=merge_versions((), files))
 
 
