@@ -17,21 +17,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import math
 import os
 import platform
 import signal
+import statistics
 import sys
 import tempfile
 import time
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
+
+from bench.tools import LOAD_CORE, SERVER_CORE, pinned
+
+if TYPE_CHECKING:
+    from tests.dists import Dist
+    from tests.upstream import FixtureUpstream
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT = "benchpkg"
@@ -82,11 +92,17 @@ async def serve_upstream(root_names: int, versions: int, root_shape: str = "plai
         ),
     )
 
+    add_table_projects(fixture)
+
     async def count(request: web.Request) -> web.Response:
         # Not itself counted: the fixture only counts in its own handlers.
         return web.json_response({"total": sum(fixture.requests.values())})
 
+    async def knobs(request: web.Request) -> web.Response:
+        return await root_knobs(fixture, request)
+
     fixture.app.router.add_get(COUNTER_PATH, count)
+    fixture.app.router.add_get("/_bench/root", knobs)
     runner = web.AppRunner(fixture.app, handle_signals=False, access_log=None)
     await runner.setup()
     try:
@@ -155,7 +171,7 @@ async def start_proxy(config: Path, log: Path) -> tuple[asyncio.subprocess.Proce
     binary = Path(sys.executable).parent / "pythonbuild-proxy"
     with log.open("wb") as log_file:  # the child keeps its own copy of the descriptor
         proc = await asyncio.create_subprocess_exec(
-            str(binary),
+            *pinned(SERVER_CORE, str(binary)),
             "--config",
             str(config),
             env=NO_PROXY_ENV,
@@ -429,10 +445,13 @@ async def bench(args: argparse.Namespace) -> int:
             try:
                 say(f"upstream: {upstream} (pid {upstream_proc.pid}, own process)")
                 say(f"proxy: {proxy} (pid {proxy_proc.pid})")
-                if not args.root_only:
+                if not args.root_only and not args.table_only:
                     await bench_pages(proxy, upstream, proxy_proc.pid, max_requests)
-                say(f"root: upstream's JSON entry shape: {args.root_shape}")
-                await bench_root(proxy, upstream, proxy_proc.pid, upstream_proc.pid)
+                if not args.table_only:
+                    say(f"root: upstream's JSON entry shape: {args.root_shape}")
+                    await bench_root(proxy, upstream, proxy_proc.pid, upstream_proc.pid)
+                if not args.root_only:
+                    await bench_table(proxy, upstream, Path(tmp), args.quick)
             finally:
                 code = await stop_process(proxy_proc)
                 if code != 0:
@@ -442,6 +461,277 @@ async def bench(args: argparse.Namespace) -> int:
             await stop_process(upstream_proc)
     say(f"machine load average at end (1 min): {os.getloadavg()[0]:.2f}")
     return 0
+
+
+# -- issue 12's table: the proxy next to nginx on the same bytes ----------------------------
+
+# A small page (issue 12: 8.4 kB) and fifteen projects whose pages span 3 kB to 1.5 MB
+# (mean near 428 kB, as the 15 most downloaded projects' pages on pypi.org). Their
+# files are cheap stand-ins except one real wheel per mix project, version 1.0.0,
+# which the cold `pip download` fetches pinned.
+SMALL_PROJECT = "smallpkg"
+SMALL_FILES = 20
+MIX_FILES = (8, 20, 40, 85, 170, 300, 420, 630, 840, 1050, 1260, 1680, 2100, 2950, 4200)
+MIX = tuple(f"mix-{i:02d}" for i in range(len(MIX_FILES)))
+PINNED = "1.0.0"
+TABLE_SECONDS = 3
+QUICK_TABLE_SECONDS = 2
+TABLE_ROUNDS = 5
+PIP_ROUNDS = 3
+GZIP = "gzip"
+
+
+def stand_in_dists(project: str, count: int) -> list[Dist]:
+    """`count` files of versions 0.N.0 whose page entries look real; their bytes do not."""
+    from bench.files import HashedDist
+
+    dists: list[Dist] = []
+    stem = project.replace("-", "_")
+    for i in range(count):
+        tag = TAGS[i % len(TAGS)]
+        content = f"{project} {i}".encode()
+        dists.append(
+            HashedDist(
+                f"{stem}-0.{i // len(TAGS)}.0-{tag}.whl",
+                content,
+                b"Metadata-Version: 2.1\n",
+                digest=hashlib.sha256(content).hexdigest(),
+            )
+        )
+    return dists
+
+
+def add_table_projects(fixture: FixtureUpstream) -> None:
+    from tests.dists import make_wheel
+
+    fixture.add(SMALL_PROJECT, *stand_in_dists(SMALL_PROJECT, SMALL_FILES))
+    for project, count in zip(MIX, MIX_FILES, strict=True):
+        fixture.add(project, make_wheel(project, PINNED), *stand_in_dists(project, count))
+
+
+async def root_knobs(fixture: FixtureUpstream, request: web.Request) -> web.Response:
+    """Bench-only: switch upstream's root between HTML and pypi.org's JSON shape."""
+    fixture.knobs.root_format = request.query.get("format", "html")
+    fixture.knobs.root_shape = request.query.get("shape", "plain")
+    return web.Response(text="ok")
+
+
+@dataclass
+class Served:
+    """What wrk saw of one server over one run."""
+
+    rate: float
+    p99: float
+    mb_per_s: float
+    errors: int
+
+
+async def wrk_paths(
+    wrk: str, work: Path, base: str, paths: Sequence[str], accept: str, seconds: int
+) -> Served:
+    from bench.tools import wrk_load, wrk_paths_script
+
+    script = work / f"paths-{len(paths)}.lua"
+    script.write_text(wrk_paths_script(paths, {"Accept": accept}))
+    result = await wrk_load(wrk, script, base + paths[0].lstrip("/"), 16, seconds)
+    return Served(
+        rate=result.downloads / result.elapsed,
+        p99=result.p99,
+        mb_per_s=result.body_bytes / MB / result.elapsed,
+        errors=result.errors + result.non_200,
+    )
+
+
+async def interleaved(
+    wrk: str,
+    work: Path,
+    targets: dict[str, str],
+    paths: Sequence[str],
+    rounds: int,
+    seconds: int,
+) -> dict[str, list[Served]]:
+    """Rounds of wrk at c=16 over `paths`, each round starting with the next server."""
+    runs: dict[str, list[Served]] = {label: [] for label in targets}
+    labels = list(targets)
+    for r in range(rounds):
+        for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
+            runs[label].append(await wrk_paths(wrk, work, targets[label], paths, HTML, seconds))
+    return runs
+
+
+def report_table_row(name: str, runs: dict[str, list[Served]], aim: float) -> None:
+    medians = {}
+    for label, served in runs.items():
+        rate = statistics.median(s.rate for s in served)
+        p99 = statistics.median(s.p99 for s in served)
+        mbs = statistics.median(s.mb_per_s for s in served)
+        errors = sum(s.errors for s in served)
+        medians[label] = rate
+        each = ", ".join(f"{s.rate:.0f}" for s in served)
+        say(f"table: {name}, {label}: runs: {each} req/s")
+        say(
+            f"table: {name}, {label}: median {rate:.0f} req/s, {mbs:.0f} MB/s, "
+            f"p99 {p99 * 1000:.2f} ms, errors {errors}"
+        )
+    if medians.get("nginx"):
+        ratio = medians["proxy"] / medians["nginx"]
+        say(f"table: {name}: proxy / nginx: {ratio:.2f}x (issue 12 aim: {aim:.1f}x or more)")
+
+
+async def page_bytes(proxy: str, projects: Sequence[str], root: Path) -> list[int]:
+    """Fetch each page from the warm proxy as HTML and write it where nginx serves it."""
+    sizes = []
+    async with aiohttp.ClientSession() as session:
+        for project in projects:
+            async with session.get(f"{proxy}{project}/", headers={"Accept": HTML}) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"{project}: the proxy answered {resp.status}")
+            folder = root / "simple" / project
+            folder.mkdir(parents=True)
+            (folder / "index.html").write_bytes(body)
+            sizes.append(len(body))
+    return sizes
+
+
+async def gzip_bytes(proxy: str, projects: Sequence[str]) -> tuple[float, float, int]:
+    """Mean bytes on the wire per mix page when the client offers gzip, the mean
+    uncompressed, and how many answers were compressed."""
+    wire = plain = compressed = 0
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        for project in projects:
+            headers = {"Accept": HTML, "Accept-Encoding": GZIP}
+            async with session.get(f"{proxy}{project}/", headers=headers) as resp:
+                body = await resp.read()
+            wire += len(body)
+            if resp.headers.get("Content-Encoding") == GZIP:
+                compressed += 1
+                plain += len(zlib.decompress(body, 16 + zlib.MAX_WBITS))
+            else:
+                plain += len(body)
+    return wire / len(projects), plain / len(projects), compressed
+
+
+async def first_byte_and_total(url: str, accept: str) -> tuple[float, float, int, int]:
+    """Seconds to the first body byte and to the last, bytes and status of one GET."""
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
+    size = 0
+    first = math.nan
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        started = time.perf_counter()
+        async with session.get(url, headers={"Accept": accept}) as resp:
+            async for chunk in resp.content.iter_any():
+                if not size:
+                    first = time.perf_counter() - started
+                size += len(chunk)
+        total = time.perf_counter() - started
+    return first, total, size, resp.status
+
+
+async def cold_roots(upstream: str, work: Path) -> None:
+    from tests.conftest import write_config
+
+    async with aiohttp.ClientSession() as session:
+        for label, fmt, shape, accept in (
+            ("HTML", "html", "plain", HTML),
+            ("JSON, pypi.org's entry shape", "json", "pypi", JSON),
+        ):
+            knobs = upstream.replace("/simple/", f"/_bench/root?format={fmt}&shape={shape}")
+            async with session.get(knobs) as resp:
+                resp.raise_for_status()
+            up_first, up_total, up_size, _ = await first_byte_and_total(upstream, accept)
+            folder = work / f"cold-root-{fmt}"
+            config = write_config(folder, upstream, page_ttl=3600)
+            proc, proxy = await start_proxy(config, folder / "proxy.log")
+            try:
+                first, total, size, status = await first_byte_and_total(proxy, accept)
+            finally:
+                await stop_process(proc)
+            name = f"table: cold root ({label}, {up_size / MB:.1f} MB upstream)"
+            say(f"{name}: upstream alone: first byte {up_first:.2f} s, total {up_total:.2f} s")
+            say(
+                f"{name}: proxy: first byte {first:.2f} s, total {total:.2f} s, "
+                f"{size / MB:.1f} MB served, status {status}"
+            )
+            say(
+                f"{name}: first byte after upstream's: {first - up_first:+.2f} s "
+                "(issue 12 aim: 0.5 s or less)"
+            )
+            say(
+                f"{name}: total / upstream's transfer: {total / up_total:.2f}x "
+                "(issue 12 aim: 2x or less)"
+            )
+
+
+async def cold_pip(upstream: str, work: Path, rounds: int) -> None:
+    from bench.files import Wheel, pip_download
+    from tests.conftest import client_env, write_config
+    from tests.dists import make_wheel
+
+    wheels = []
+    for project in MIX:
+        dist = make_wheel(project, PINNED)
+        wheels.append(Wheel(project, dist.filename, dist.sha256, len(dist.content)))
+    env = client_env(work / "home")
+    times: dict[str, list[float]] = {"direct": [], "cold proxy": []}
+    for r in range(rounds):
+        times["direct"].append(await pip_download(upstream, wheels, work, env))
+        folder = work / f"cold-pip-{r}"
+        config = write_config(folder, upstream, page_ttl=3600)
+        proc, proxy = await start_proxy(config, folder / "proxy.log")
+        try:
+            times["cold proxy"].append(await pip_download(proxy, wheels, work, env))
+        finally:
+            await stop_process(proc)
+    for label, seconds in times.items():
+        each = ", ".join(f"{s:.2f}" for s in seconds)
+        say(f"table: cold pip download of {len(wheels)} pinned wheels, {label}: {each} s")
+    ratio = statistics.median(times["cold proxy"]) / statistics.median(times["direct"])
+    say(f"table: cold pip download: proxy / direct (medians): {ratio:.2f}x (aim: 1.2x or less)")
+
+
+async def bench_table(proxy: str, upstream: str, work: Path, quick: bool) -> None:
+    from bench.tools import ensure_tool, nginx_process
+
+    rounds = 1 if quick else TABLE_ROUNDS
+    seconds = QUICK_TABLE_SECONDS if quick else TABLE_SECONDS
+    wrk, why = await ensure_tool("wrk", ["wrk"])
+    say(f"table: wrk: {why}")
+    nginx, why = await ensure_tool("nginx", ["nginx-light", "nginx"])
+    say(f"table: nginx: {why}")
+    say(
+        f"table: proxy and nginx (1 worker, sendfile) pinned to core {SERVER_CORE}, "
+        f"wrk to core {LOAD_CORE}; {rounds} interleaved rounds of {seconds} s; medians"
+    )
+    root = work / "nginx-root"
+    sizes = await page_bytes(proxy, (SMALL_PROJECT, *MIX), root)
+    small, mix = sizes[0], sizes[1:]
+    say(
+        f"table: small page: {small / 1000:.1f} kB; "
+        f"mix pages: mean {statistics.mean(mix) / 1000:.0f} kB"
+    )
+    if wrk is None or nginx is None:
+        say("table: no wrk or nginx: the side-by-side rows are skipped")
+    else:
+        async with nginx_process(nginx, work / "nginx", root, "1") as (nginx_url, _):
+            targets = {"proxy": proxy.replace("/simple/", "/"), "nginx": nginx_url}
+            runs = await interleaved(
+                wrk, work, targets, [f"/simple/{SMALL_PROJECT}/"], rounds, seconds
+            )
+            report_table_row(f"small page ({small / 1000:.1f} kB), c=16", runs, 0.5)
+            paths = [f"/simple/{p}/" for p in MIX]
+            runs = await interleaved(wrk, work, targets, paths, rounds, seconds)
+            report_table_row("15-project HTML mix, c=16", runs, 0.9)
+            big = [f"/simple/{MIX[-1]}/"]
+            runs = await interleaved(wrk, work, targets, big, rounds, seconds)
+            report_table_row(f"large page ({mix[-1] / MB:.2f} MB), c=16", runs, 0.9)
+    wire, plain, compressed = await gzip_bytes(proxy, MIX)
+    say(
+        f"table: gzip offered: {wire / 1000:.0f} kB per mix page on the wire "
+        f"({plain / 1000:.0f} kB uncompressed; {compressed} of {len(MIX)} answers compressed)"
+    )
+    await cold_roots(upstream, work)
+    await cold_pip(upstream, work, 1 if quick else PIP_ROUNDS)
 
 
 def publish_local_wheels(folder: Path, count: int) -> None:
@@ -477,6 +767,9 @@ def main(argv: list[str] | None = None) -> int:
         help='JSON root entries: {"name"} or pypi.org\'s {"_last-serial", "name"}',
     )
     parser.add_argument("--root-only", action="store_true", help="skip the page load runs")
+    parser.add_argument(
+        "--table-only", action="store_true", help="only issue 12's side-by-side table"
+    )
     # Internal: the entry point of the fixture upstream's own process.
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

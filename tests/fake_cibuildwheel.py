@@ -10,7 +10,7 @@ What else it does is set by the test, through the environment:
 - FAKE_CIBW_MODE=fail: print a compiler error and exit 1; =hang: start a child that sleeps,
   write its pid to FAKE_CIBW_CHILD, and sleep; =pull: fail as docker does when an image
   cannot be pulled; =engine: fail as docker does when it cannot start a container; =none:
-  succeed without a wheel.
+  succeed without a wheel; =pure: exit 5, as cibuildwheel does for a pure-Python project.
 - FAKE_CIBW_STARTED=PATH: created once the run has started (a test waits on it).
 """
 
@@ -117,6 +117,9 @@ def main() -> int:
         Path(os.environ["FAKE_CIBW_CHILD"]).write_text(str(child.pid))
         time.sleep(600)
         return 1
+    if mode == "pure":  # as cibuildwheel exits on a pure-Python wheel (errors.py)
+        print("cibuildwheel: Build failed because a pure Python wheel was generated.")
+        return 5
     if mode == "fail":
         print("Building wheel...\nerror: command '/usr/bin/gcc' failed with exit code 1")
         return 1

@@ -291,3 +291,14 @@ def test_an_infrastructure_failure_says_its_cause_and_is_retried_soon(
     assert failure is not None and failure.kind == "infrastructure"
     assert failure.retry_at(3600) == failure.last_at + 60  # a minute, not retry_backoff
     assert _staging_empty(rig)
+
+
+def test_a_pure_python_project_is_never_built_again(tmp_path: Path) -> None:
+    rig = _rig(tmp_path, FAKE_CIBW_MODE="pure")
+    report = rig.builder.build(rig.job("cp312-manylinux_x86_64"))
+    assert [o.failure for o in report.outcomes] == [
+        "pure Python: the project builds a pure-Python wheel: nothing to build per platform"
+    ]
+    # One failure for the whole version: every identifier of it, built or not, is settled.
+    failure = rig.state.failure("yamlext", "1.0", "cp313-macosx_arm64")
+    assert failure is not None and failure.permanent and failure.retry_at(60) is None

@@ -6,6 +6,8 @@ import asyncio
 import importlib.metadata
 import os
 import signal
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -43,6 +45,31 @@ async def test_a_file_where_a_folder_should_be_is_one_line_and_exit_2(
     [line] = err.splitlines()
     assert line.startswith("pythonbuild-proxy: ")
     assert str(blocker) in line and "not a folder" in line
+
+
+@pytest.fixture
+def read_only_cache(tmp_path: Path) -> Iterator[Path]:
+    """tmp_path/cache as a read-only file system: root writes through any permission bits."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(cache)]
+    done = subprocess.run(mount, capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield cache
+    finally:
+        subprocess.run(["umount", "-l", str(cache)], check=False)
+
+
+async def test_a_read_only_cache_folder_is_one_line_and_exit_2(
+    upstream: FixtureUpstream, tmp_path: Path, read_only_cache: Path
+) -> None:
+    code, out, err = await _run("--config", str(write_config(tmp_path, upstream.url)))
+    assert (code, out) == (2, "")
+    [line] = err.splitlines()
+    assert line.startswith(f"pythonbuild-proxy: cache_dir {read_only_cache}")
+    assert "Read-only file system" in line
 
 
 async def test_the_version_is_written_in_one_place() -> None:

@@ -170,3 +170,15 @@ def test_only_json_v1_is_json() -> None:
 )
 def test_format_whose_plus_was_form_decoded_to_a_space(param: str, expected: Format) -> None:
     assert negotiate("text/html", param) is expected
+
+
+def test_a_repeated_accept_header_is_parsed_once_and_the_memo_is_bounded() -> None:
+    header = "application/vnd.pypi.simple.v1+json, text/html;q=0.01"
+    negotiate(header)
+    hits = negotiate.cache_info().hits
+    assert negotiate(header) is Format.JSON_V1
+    assert negotiate.cache_info().hits == hits + 1
+    for i in range(2000):
+        negotiate(f"text/html;q=0.{i % 10}, application/x-{i}")
+    info = negotiate.cache_info()
+    assert info.maxsize is not None and info.currsize <= info.maxsize

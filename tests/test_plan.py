@@ -311,6 +311,7 @@ def test_demand_comes_first_most_asked_first(tmp_path: Path) -> None:
             ask("1.40.0", "cp39", "manylinux_x86_64", 2),  # old, but asked for
             ask("1.47.0", "cp312", "musllinux_x86_64", 7),
             ask("9.9.9", "cp312", "manylinux_x86_64", 50),  # upstream has no such version
+            ask("1.47.0", "cp312", "win_amd64", 90),  # an older proxy's row: not ours to build
         ),
     )
     assert jobs(result)[:2] == [

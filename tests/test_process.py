@@ -93,15 +93,18 @@ async def test_kill_9_during_root_download_then_restart(
     proxy_process: StartProxy, upstream: FixtureUpstream, tmp_path: Path
 ) -> None:
     upstream.knobs.root_names = 400_000
+    # Upstream sends its first batch of names, then waits: the kill lands mid-download.
+    upstream.knobs.root_hold = hold = asyncio.Event()
     config = write_config(tmp_path, upstream.url)
     proxy = proxy_process(config)
     base = await proxy.start()
-    async with aiohttp.ClientSession() as session:
-        request = asyncio.ensure_future(session.get(base))
-        await asyncio.sleep(0.5)  # the root takes seconds to stream; land inside it
+    async with aiohttp.ClientSession() as session, session.get(base) as resp:
+        assert await asyncio.wait_for(resp.content.readany(), 30)  # streaming: mid-way
         proxy.kill()
         with pytest.raises(aiohttp.ClientError):
-            await request
+            await resp.read()
+    hold.set()
+    upstream.knobs.root_hold = None
     assert proxy.proc is not None
     await proxy.proc.wait()
     leftovers = list((tmp_path / "cache" / "root").glob("tmp-*"))

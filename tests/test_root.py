@@ -6,10 +6,11 @@ import asyncio
 import json
 from pathlib import Path
 
+import aiohttp
 import ijson
 import pytest
 
-from proxy.server.rootindex import _JsonNames
+from proxy.server.rootindex import _AnchorTexts, _HtmlNames, _JsonNames
 from proxy.simple.parse import PageFormatError
 from tests.conftest import ProxyFactory
 from tests.test_pages import JSON_V1, PIP_ACCEPT, anchors
@@ -45,10 +46,11 @@ async def test_large_root_is_served_whole_in_both_formats(
 
 async def test_head_on_root(make_proxy: ProxyFactory, upstream: FixtureUpstream) -> None:
     client = await make_proxy()
+    cold = await (await client.get("/simple/")).read()  # streamed as fetched: chunked
     get = await client.get("/simple/")
     head = await client.head("/simple/")
     assert head.status == 200
-    assert head.headers["Content-Length"] == get.headers["Content-Length"]
+    assert head.headers["Content-Length"] == get.headers["Content-Length"] == str(len(cold))
     assert await head.read() == b""
 
 
@@ -87,6 +89,55 @@ async def test_root_failure_keeps_the_held_root(
     assert await (await client.get("/simple/")).read() == good
     generations = list((tmp_path / "proxy" / "cache" / "root").glob("gen-*"))
     assert len(generations) == 1
+
+
+@pytest.mark.parametrize("upstream_format", ["json", "html"])
+async def test_a_cold_root_reaches_its_first_client_while_upstream_is_still_sending(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, upstream_format: str
+) -> None:
+    upstream.knobs.root_names = 20_000
+    upstream.knobs.root_format = upstream_format
+    upstream.knobs.root_hold = hold = asyncio.Event()
+    client = await make_proxy()
+    accept = JSON_V1 if upstream_format == "json" else "text/html"
+    resp = await client.get("/simple/", headers={"Accept": accept})
+    assert resp.status == 200
+    # Upstream has sent its first 5000 names and waits: what the proxy made of them
+    # is already on its way (a proxy that waited for the whole root would hang here).
+    first = await asyncio.wait_for(resp.content.readany(), 30)
+    assert first
+    assert not hold.is_set()
+    hold.set()
+    body = first + await resp.read()
+    again = await (await client.get("/simple/", headers={"Accept": accept})).read()
+    assert body == again
+    assert body.count(b'"generated-project-') == 20_000
+    assert upstream.requests["/simple/"] == 1
+
+
+@pytest.mark.parametrize("upstream_format", ["json", "html"])
+async def test_a_cold_root_that_breaks_midway_cuts_its_clients_and_keeps_nothing(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, upstream_format: str, tmp_path: Path
+) -> None:
+    upstream.knobs.root_names = 20_000
+    upstream.knobs.root_format = upstream_format
+    upstream.knobs.root_break = True
+    upstream.knobs.root_hold = hold = asyncio.Event()
+    client = await make_proxy()
+    resp = await client.get("/simple/")
+    assert resp.status == 200
+    assert await asyncio.wait_for(resp.content.readany(), 30)  # bytes on their way...
+    hold.set()  # ...when upstream breaks
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+    root_dir = tmp_path / "proxy" / "cache" / "root"
+    assert not list(root_dir.glob("gen-*"))
+    assert not list(root_dir.glob("tmp-*"))
+    upstream.knobs.root_break = False
+    upstream.knobs.root_hold = None
+    resp = await client.get("/simple/")
+    assert (await resp.read()).count(b'"generated-project-') == 20_000
+    assert upstream.requests["/simple/"] == 2
 
 
 async def test_cold_root_with_upstream_failing_is_502(
@@ -197,3 +248,48 @@ async def test_pypi_orgs_root_shape_end_to_end(
     links = anchors(await (await client.get("/simple/")).text())
     assert links[0]["href"] == "some-project-name/"
     assert len(links) == 5001
+
+
+def _html_names(body: bytes, chunk: int) -> list[str]:
+    scanner = _HtmlNames()
+    names: list[str] = []
+    for i in range(0, len(body), chunk):
+        names += scanner.feed(body[i : i + chunk])
+    return names + scanner.close()
+
+
+def _html_parser_names(body: bytes) -> list[str]:
+    parser = _AnchorTexts()
+    parser.feed(body.decode())
+    parser.close()
+    return parser.names
+
+
+PLAIN_ROOT = (
+    '<!DOCTYPE html>\n<html>\n  <head>\n    <meta name="pypi:repository-version" content="1.1">'
+    "\n    <title>Simple index</title>\n  </head>\n  <body>\n"
+    + "".join(f'    <a href="/simple/p-{i}/">P_{i}</a>\n' for i in range(3000))
+    + '    <a href="/simple/a-b/">a&amp;b </a>\n  </body>\n</html>\n'
+)
+# Roots the fast scan must leave, at the start or midway, to html.parser.
+ODD_ROOTS = {
+    "plain": PLAIN_ROOT,
+    "comment midway": PLAIN_ROOT.replace("P_1500<", "P_1500<!-- <a>hidden</a> --><"),
+    "script midway": PLAIN_ROOT.replace(
+        '<a href="/simple/p-2000/">', '<script>"<a>x</a>"</script><a href="/simple/p-2000/">'
+    ),
+    "uppercase": PLAIN_ROOT.replace("<a href", "<A HREF").replace("</a>", "</A>"),
+    "spaced end tags": PLAIN_ROOT.replace("</a>", "</a >"),
+    "one stray <": PLAIN_ROOT.replace("P_10<", "P_10 < 3<"),
+    "nested": PLAIN_ROOT.replace("P_7</a>", "P_7<a>inner</a></a>"),
+    "empty anchors": PLAIN_ROOT.replace("P_5<", " <"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ODD_ROOTS))
+@pytest.mark.parametrize("chunk", [3, 4096, 1 << 20])
+def test_html_root_fast_scan_finds_the_names_html_parser_finds(case: str, chunk: int) -> None:
+    body = ODD_ROOTS[case].encode()
+    expected = _html_parser_names(body)
+    assert len(expected) >= 3000
+    assert _html_names(body, chunk) == expected

@@ -336,6 +336,15 @@ async def test_symlinked_project_folder_is_neither_read_nor_written(
         "a folder (a symlink?); nothing is read or written through it"
     ]
     assert sorted(p.name for p in (elsewhere / "grpcio").iterdir()) == listing
+    code, out = await run(
+        str(BIN / "pythonbuild-builder"), "--config", str(config), "list",
+        env=client_env(tmp_path),
+    )  # fmt: skip
+    assert code == 1
+    assert out.strip().splitlines() == [
+        "pythonbuild-builder: grpcio: the project folder is not a folder (a symlink?); "
+        "nothing is read or written through it"
+    ]
 
 
 async def test_symlinked_manifest_is_not_read_and_not_written_through(

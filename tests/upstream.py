@@ -51,6 +51,10 @@ class Knobs:
     root_format: str = "json"  # json | html
     # JSON root entries: plain {"name": ...}, or pypi.org's {"_last-serial": N, "name": ...}
     root_shape: str = "plain"
+    # After the root's first batch of names: wait for this event (a slow upstream,
+    # released by the test), then, with root_break, send garbage and end.
+    root_hold: asyncio.Event | None = None
+    root_break: bool = False
     # Files: ok | wrong_hash | truncate | short_length | stall | gzip | redirect_loop
     file_mode: str = "ok"
     file_chunk: int = 64 * 1024
@@ -232,6 +236,12 @@ class FixtureUpstream:
             if len(batch) >= 5000:
                 await response.write("".join(batch).encode())
                 batch = []
+                if knobs.root_hold is not None:
+                    await knobs.root_hold.wait()
+                if knobs.root_break:
+                    await response.write(b"<<< not a root >>>" if is_json else b"\xff\xfe")
+                    await response.write_eof()
+                    return response
         batch.append("]}" if is_json else "</html>")
         await response.write("".join(batch).encode())
         await response.write_eof()

@@ -221,7 +221,11 @@ def plan(
             continue
         if not options.versions.contains(request.version, prereleases=True):
             continue  # outside what the operator chose to build
-        consider(request.version, Identifier(request.interpreter, request.platform), request.count)
+        try:
+            identifier = Identifier.parse(f"{request.interpreter}-{request.platform}")
+        except ValueError:
+            continue  # recorded by an older proxy (a Windows client, say): nothing we build
+        consider(request.version, identifier, request.count)
     for version in selected_versions(page, project):
         for python in options.pythons:
             for platform in options.platforms:

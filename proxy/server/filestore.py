@@ -99,6 +99,7 @@ class FileStore:
         self.max_size = max_size
         self._on_corrupt = on_corrupt
         self._files = root / "sha256"
+        self._files_str = str(self._files)
         self._tmp = root / "tmp"
         self._lock = threading.Lock()
         self._index: OrderedDict[str, _Entry] = OrderedDict()  # least recent first
@@ -188,13 +189,15 @@ class FileStore:
 
     def _checked_stat(self, sha256: str) -> os.stat_result:
         """The file's lstat, after checking that no folder on its path is a symlink: the
-        path is what the server opens to send it."""
-        for folder in (self._files, self._files / sha256[:2]):
-            if not stat.S_ISDIR(folder.lstat().st_mode):
+        path is what the server opens to send it. Strings, not Paths: every hit runs it."""
+        files = self._files_str
+        bucket = f"{files}/{sha256[:2]}"
+        for folder in (files, bucket):
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):
                 raise OSError(errno.ELOOP, f"{folder} is not a folder (a symlink?)")
-        st = self.path(sha256).lstat()
+        st = os.lstat(f"{bucket}/{sha256}")
         if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.ELOOP, f"{self.path(sha256)} is not a regular file")
+            raise OSError(errno.ELOOP, f"{bucket}/{sha256} is not a regular file")
         return st
 
     def _hash(self, sha256: str, spend: Callable[[int], None] | None = None) -> tuple[str, int]:

@@ -8,6 +8,12 @@ names are written straight into both rendered forms. A finished generation
 atomically replacing the `current` pointer, so a crash at any moment leaves the
 previous generation whole. Clients get the files with sendfile.
 
+A cold root (none held yet) is streamed through: the clients waiting for it follow
+the files as they are written (a `RootInProgress`), so the first bytes leave as soon
+as upstream's first chunk is parsed rather than after the whole fetch. If the fetch
+fails midway, their connections are cut (never a complete-looking short body), and
+nothing is kept.
+
 Freshness is stale-while-revalidate: once a root is held, an expired one is
 still served at once while a single background fetch refreshes it.
 """
@@ -16,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import html
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -71,6 +79,41 @@ class RootGeneration:
         return self.folder / JSON_NAME
 
 
+class RootInProgress:
+    """A cold root being written: how far each file is, and how the fetch ended.
+
+    Its files live in the fetch's temporary folder, which is renamed (a finished
+    generation) or removed (a failed fetch) at the end: a follower opens its file
+    while the fetch runs and keeps reading through that descriptor.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.written: dict[str, int] = {HTML_NAME: 0, JSON_NAME: 0}
+        self.done: asyncio.Future[RootGeneration] = asyncio.get_running_loop().create_future()
+        self._moved = asyncio.Event()
+
+    def advance(self, written: dict[str, int]) -> None:
+        self.written = written
+        self._moved.set()
+        self._moved = asyncio.Event()
+
+    def end(self, generation: RootGeneration | None, error: BaseException | None) -> None:
+        if not self.done.done():
+            if error is not None:
+                self.done.set_exception(error)
+                self.done.exception()  # retrieved: no follower may be left to see it
+            else:
+                assert generation is not None
+                self.done.set_result(generation)
+        self._moved.set()
+
+    async def moved(self) -> None:
+        """Until more is written or the fetch ends."""
+        if not self.done.done():
+            await self._moved.wait()
+
+
 class RootIndex:
     def __init__(
         self, directory: Path, upstream: Upstream, metrics: Metrics, *, ttl: float
@@ -81,6 +124,9 @@ class RootIndex:
         self._ttl = ttl
         self._held: RootGeneration | None = None
         self._flight: SingleFlight[RootGeneration] = SingleFlight()
+        # While a cold fetch runs: resolves to its RootInProgress once upstream's
+        # answer is known to be a root (or to the fetch's end, if that comes first).
+        self._cold: asyncio.Future[RootInProgress | RootGeneration] | None = None
 
     async def open(self) -> None:
         self._held = await asyncio.to_thread(self._load_and_clean)
@@ -97,6 +143,22 @@ class RootIndex:
         if held is None:
             self._metrics.page_cache.inc(result="root_miss")
             return await self._flight.run("root", self._refresh)
+        return self._serve_held(held)
+
+    async def get_or_follow(self) -> RootGeneration | RootInProgress:
+        """Like get(), but a cold root is not waited for: its clients follow it."""
+        held = self._held
+        if held is None:
+            self._metrics.page_cache.inc(result="root_miss")
+            if self._cold is None or (self._cold.done() and not self._flight.in_flight("root")):
+                self._cold = asyncio.get_running_loop().create_future()
+                cold = self._cold
+                task = asyncio.ensure_future(self._flight.run("root", self._refresh))
+                task.add_done_callback(lambda t: _settle(cold, t))
+            return await asyncio.shield(self._cold)
+        return self._serve_held(held)
+
+    def _serve_held(self, held: RootGeneration) -> RootGeneration:
         if time.time() - held.fetched_at >= self._ttl and not self._flight.in_flight("root"):
             task = asyncio.ensure_future(self._flight.run("root", self._refresh))
             task.add_done_callback(_log_failure)
@@ -129,9 +191,12 @@ class RootIndex:
                 resp.headers.get("Content-Type", ""),
                 int(serial_header) if serial_header.isdigit() else None,
             )
+            progress = RootInProgress(writer.folder)
+            if held is None and self._cold is not None and not self._cold.done():
+                self._cold.set_result(progress)
             try:
                 async for chunk in resp.content.iter_chunked(1 << 18):
-                    await asyncio.to_thread(writer.feed, chunk)
+                    progress.advance(await asyncio.to_thread(writer.feed, chunk))
                 generation = await asyncio.to_thread(
                     writer.finish,
                     started,
@@ -139,12 +204,16 @@ class RootIndex:
                 )
             except PageFormatError as exc:
                 await asyncio.to_thread(writer.discard)
-                raise UpstreamError("bad_body", f"root: {exc}") from None
-            except BaseException:
+                error = UpstreamError("bad_body", f"root: {exc}")
+                progress.end(None, error)
+                raise error from None
+            except BaseException as exc:
                 await asyncio.to_thread(writer.discard)
+                progress.end(None, exc)
                 raise
         await asyncio.to_thread(self._switch, generation, held)
         self._held = generation
+        progress.end(generation, None)
         return generation
 
     # -- disk (worker threads) --------------------------------------------------
@@ -181,6 +250,22 @@ class RootIndex:
             ):
                 shutil.rmtree(path, ignore_errors=True)
         return current
+
+
+def _settle(
+    cold: asyncio.Future[RootInProgress | RootGeneration], task: asyncio.Future[RootGeneration]
+) -> None:
+    """A cold fetch ended before it had a RootInProgress to give (a 304, an error)."""
+    error = None if task.cancelled() else task.exception()  # retrieved, whoever is left
+    if cold.done():
+        return
+    if task.cancelled():
+        cold.cancel()
+    elif error is not None:
+        cold.set_exception(error)
+        cold.exception()  # retrieved: its callers may all be gone
+    else:
+        cold.set_result(task.result())
 
 
 def _log_failure(task: asyncio.Future[RootGeneration]) -> None:
@@ -224,8 +309,17 @@ class _RootWriter:
         )
         self._json.write('{"projects":[')
 
-    def feed(self, chunk: bytes) -> None:
+    @property
+    def folder(self) -> Path:
+        return self._folder
+
+    def feed(self, chunk: bytes) -> dict[str, int]:
+        """Parse and write one chunk; how many bytes each file now holds on disk."""
         self._write(self._scanner.feed(chunk))
+        # Flushed, so that followers reading the files see every byte counted.
+        self._html.flush()
+        self._json.flush()
+        return {HTML_NAME: self._html.tell(), JSON_NAME: self._json.tell()}
 
     def _write(self, names: list[str]) -> None:
         # A root has ~780k names: keep the work per name small. Most are valid and
@@ -307,13 +401,35 @@ class _AnchorTexts(HTMLParser):
             self._text = None
 
 
+# The fast path over a root of the plain shape (pypi.org's: `<a href="/simple/x/">x</a>`
+# lines between a few plain tags). A stretch of text ending at an `</a>` is checked
+# whole against these tokens by one possessive (never backtracking) regex, then its
+# anchor texts are picked out by a second: both run in C, where html.parser spent
+# most of a cold HTML root's time. They accept only what html.parser reads the same
+# way (see proxy.simple.parse's fast path); the first stretch that is not of that
+# shape, and everything after it, goes to html.parser, which starts from a clean
+# state there: every stretch ends just after an anchor.
+_ATTRS = r'(?:\s++[a-z][a-z0-9-]*+(?:="[^"<>]*+")?+)*+\s*+'
+_RAW_TEXT = "script|style|textarea|title|xmp|plaintext|noscript|iframe|noembed|noframes"
+_PLAIN_STRETCH = re.compile(
+    rf"(?:[^<]++"
+    rf"|<a{_ATTRS}>[^<]*+</a>"
+    rf"|<title>[^<]*+</title>"
+    rf"|</?+(?![aA][\s/>])(?!(?:{_RAW_TEXT})[\s/>])[a-z][a-z0-9]*+{_ATTRS}/?+>"
+    rf"|<!DOCTYPE[^<>]*+>)*+"
+)
+_ANCHOR_TEXT = re.compile(rf"<a{_ATTRS}>([^<]*+)</a>")
+_PENDING_LIMIT = 1 << 18  # no `</a>` in 256 kB of root: not the plain shape
+
+
 class _HtmlNames:
     """PEP 503 root: the text of every anchor is a project name."""
 
     serial: int | None = None
 
     def __init__(self) -> None:
-        self._parser = _AnchorTexts()
+        self._parser: _AnchorTexts | None = None  # once the root left the plain shape
+        self._pending = ""
         self._decoder = codecs.getincrementaldecoder("utf-8")()
 
     def feed(self, chunk: bytes, *, final: bool = False) -> list[str]:
@@ -321,14 +437,35 @@ class _HtmlNames:
             text = self._decoder.decode(chunk, final)
         except UnicodeDecodeError as exc:
             raise PageFormatError(f"root is not UTF-8: {exc}") from None
+        names: list[str] = []
+        if self._parser is None:
+            text = self._pending + text
+            cut = len(text) if final else text.rfind("</a>") + 4
+            if cut < 4 and not final:
+                cut = 0
+            stretch = text[:cut]
+            if _PLAIN_STRETCH.fullmatch(stretch):
+                names = [
+                    name
+                    for label in _ANCHOR_TEXT.findall(stretch)
+                    if (name := (html.unescape(label) if "&" in label else label).strip())
+                ]
+                self._pending = text[cut:]
+                if len(self._pending) <= _PENDING_LIMIT:
+                    return names
+                text, self._pending = self._pending, ""
+            self._parser = _AnchorTexts()
         self._parser.feed(text)
-        names, self._parser.names = self._parser.names, []
+        names += self._parser.names
+        self._parser.names = []
         return names
 
     def close(self) -> list[str]:
         names = self.feed(b"", final=True)
-        self._parser.close()
-        return names + self.feed(b"")
+        if self._parser is not None:
+            self._parser.close()
+            names += self._parser.names
+        return names
 
 
 class _JsonNames:

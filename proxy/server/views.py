@@ -7,9 +7,11 @@ import time
 from aiohttp import web
 from packaging.utils import NormalizedName
 
+from proxy.server import rootstream
 from proxy.server.errors import NotAcceptable, Redirect
 from proxy.server.keys import CONFIG, METRICS, PAGES, ROOT
 from proxy.server.pages import Page
+from proxy.server.rootindex import HTML_NAME, JSON_NAME, RootInProgress
 from proxy.server.xcache import CacheStatus
 from proxy.simple.names import project_name
 from proxy.simple.negotiate import HTML_LEGACY, HTML_V1, JSON_V1, Format, negotiate
@@ -70,25 +72,30 @@ def _page_response(request: web.Request, page: Page) -> web.Response:
 
 async def root_index(request: web.Request) -> web.StreamResponse:
     fmt = _format(request)
+    headers = {
+        "Content-Type": fmt.value,
+        "Vary": "Accept",
+        "Cache-Control": "max-age=600, public",
+    }
+    root = request.app[ROOT]
     asked = time.time()
-    generation = await request.app[ROOT].get()
+    # A cold root is followed as it is written; HEAD has no body to follow.
+    held = await (root.get() if request.method == "HEAD" else root.get_or_follow())
+    if isinstance(held, RootInProgress):
+        headers["X-Cache"] = CacheStatus.MISS.header
+        name = JSON_NAME if fmt.is_json else HTML_NAME
+        followed = await rootstream.follow(request, held, name, headers)
+        if isinstance(followed, web.StreamResponse):
+            return followed
+        held = followed
     # Fetched for this request, held and fresh, or held and expired (being refreshed).
-    if generation.fetched_at >= asked:
-        cache = CacheStatus.MISS
-    elif time.time() - generation.fetched_at >= request.app[CONFIG].proxy.root_ttl:
-        cache = CacheStatus.STALE
+    if held.fetched_at >= asked:
+        headers["X-Cache"] = CacheStatus.MISS.header
+    elif time.time() - held.fetched_at >= request.app[CONFIG].proxy.root_ttl:
+        headers["X-Cache"] = CacheStatus.STALE.header
     else:
-        cache = CacheStatus.HIT
-    path = generation.json if fmt.is_json else generation.html
-    return web.FileResponse(
-        path,
-        headers={
-            "Content-Type": fmt.value,
-            "Vary": "Accept",
-            "Cache-Control": "max-age=600, public",
-            "X-Cache": cache.header,
-        },
-    )
+        headers["X-Cache"] = CacheStatus.HIT.header
+    return web.FileResponse(held.json if fmt.is_json else held.html, headers=headers)
 
 
 async def health(request: web.Request) -> web.StreamResponse:

@@ -101,6 +101,7 @@ def is_safe_filename(filename: str) -> bool:
     return (
         0 < len(filename) <= 255
         and filename not in (".", "..")
-        and not any(c in filename for c in "/\\")
-        and all(c.isprintable() for c in filename)
+        and "/" not in filename
+        and "\\" not in filename
+        and filename.isprintable()  # every character printable: str does it in C
     )

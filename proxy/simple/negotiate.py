@@ -4,6 +4,7 @@ or from the `?format=` query parameter."""
 from __future__ import annotations
 
 import enum
+import functools
 
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
 HTML_V1 = "application/vnd.pypi.simple.v1+html"
@@ -88,6 +89,9 @@ def _plus_restored(value: str) -> str:
     return ",".join(items)
 
 
+# Clients send a handful of distinct Accept headers (pip's, uv's, a browser's), each
+# thousands of times: parse each once. Bounded, so varied headers only churn it.
+@functools.lru_cache(maxsize=256)
 def negotiate(accept: str | None, format_param: str | None = None) -> Format | None:
     """The format to serve, or None when nothing offered is acceptable (406)."""
     if format_param is not None:

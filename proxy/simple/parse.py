@@ -2,14 +2,24 @@
 
 Whatever the upstream's Content-Type says decides the parser; both are real
 (pypi.org answers JSON, many mirrors only HTML). HTML is read with the
-standard library's html.parser, never with regexes.
+standard library's html.parser.
+
+Big pages (grpcio's is 3.6 MB) are parsed on a cold request's path, so the common
+shapes take a fast path that must give exactly the model the full path gives
+(tests compare them on every fixture): an absolute plain `https://` file URL is
+already what `urljoin` + `urldefrag` would make of it, and a page that is nothing
+but pypi.org-shaped tags (`<a` with double-quoted attributes, text without
+markup) is tokenized by one regex. Anything else, anywhere on the page, takes the
+full path.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
+from html import unescape
 from html.parser import HTMLParser
 from urllib.parse import urldefrag, urljoin
 
@@ -40,6 +50,14 @@ _PAGE_KEYS = frozenset({"meta", "name", "files", "versions"})
 _META_KEYS = frozenset({"api-version", "_last-serial"})
 
 
+# An absolute URL that urlsplit/urlunsplit give back unchanged: lowercase scheme, a plain
+# host (no userinfo, no brackets), a path of URL-safe characters and nothing after it
+# (no ";params", "?query"); the fragment is split off before this is matched.
+_PLAIN_URL = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]+)?/[A-Za-z0-9._~%!$&'()*+,=:@/-]*")
+# A fragment urlsplit keeps as it is: nothing it strips or removes (C0 controls, space).
+_PLAIN_FRAGMENT = re.compile(r"[^\x00-\x20]*")
+
+
 class PageFormatError(ValueError):
     """The upstream body is not a project page we can read."""
 
@@ -54,7 +72,8 @@ def parse_project(body: bytes, content_type: str, page_url: str, name: str) -> P
     raise PageFormatError(f"unexpected content type {media or 'none'!r}")
 
 
-def parse_project_json(body: bytes, page_url: str) -> ProjectPage:
+def parse_project_json(body: bytes, page_url: str, *, fast: bool = True) -> ProjectPage:
+    """`fast=False` skips the fast paths: the reference they are tested against."""
     try:
         doc = json.loads(body, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -68,7 +87,8 @@ def parse_project_json(body: bytes, page_url: str) -> ProjectPage:
     meta = doc.get("meta")
     meta = meta if isinstance(meta, dict) else {}
     api_version = meta.get("api-version")
-    files = _first_of_each(_json_file(entry, page_url) for entry in doc["files"])
+    resolve = _resolve if fast else _resolve_fully
+    files = _first_of_each(_json_file(entry, page_url, resolve) for entry in doc["files"])
     listed = doc.get("versions")
     listed = [v for v in listed if isinstance(v, str)] if isinstance(listed, list) else []
     return ProjectPage(
@@ -102,7 +122,7 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def _json_file(entry: object, page_url: str) -> DistFile | None:
+def _json_file(entry: object, page_url: str, resolve: _Resolver) -> DistFile | None:
     if not isinstance(entry, dict):
         raise PageFormatError("JSON file entry is not an object")
     filename, url = entry.get("filename"), entry.get("url")
@@ -130,7 +150,7 @@ def _json_file(entry: object, page_url: str) -> DistFile | None:
     requires_python = entry.get("requires-python")
     return DistFile(
         filename=filename,
-        url=urldefrag(urljoin(page_url, url)).url,
+        url=resolve(page_url, url)[0],
         hashes=hashes,
         requires_python=requires_python if isinstance(requires_python, str) else None,
         yanked=yanked,
@@ -139,6 +159,22 @@ def _json_file(entry: object, page_url: str) -> DistFile | None:
         upload_time=upload_time if isinstance(upload_time, str) else None,
         extra={k: v for k, v in entry.items() if k not in _FILE_KEYS},
     )
+
+
+def _resolve(page_url: str, href: str) -> tuple[str, str]:
+    """(absolute URL without fragment, fragment) of `href` on the page at `page_url`."""
+    url, sep, fragment = href.partition("#")
+    if _PLAIN_URL.fullmatch(url) and (not sep or _PLAIN_FRAGMENT.fullmatch(fragment)):
+        return url, fragment
+    return _resolve_fully(page_url, href)
+
+
+def _resolve_fully(page_url: str, href: str) -> tuple[str, str]:
+    resolved = urldefrag(urljoin(page_url, href))
+    return resolved.url, resolved.fragment
+
+
+_Resolver = Callable[[str, str], tuple[str, str]]
 
 
 def _hashes(raw: object) -> dict[str, str]:
@@ -154,23 +190,30 @@ def _serial(raw: object) -> int | None:
         return None
 
 
-def parse_project_html(body: bytes, page_url: str, name: str) -> ProjectPage:
+def parse_project_html(body: bytes, page_url: str, name: str, *, fast: bool = True) -> ProjectPage:
+    """`fast=False` skips the fast paths: the reference they are tested against."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PageFormatError(f"HTML page is not UTF-8: {exc}") from None
-    parser = _AnchorParser()
-    parser.feed(text)
-    parser.close()
-    files = _first_of_each(_html_file(attrs, label, page_url) for attrs, label in parser.anchors)
+    anchors = _plain_anchors(text) if fast else None
+    if anchors is None:
+        parser = _AnchorParser()
+        parser.feed(text)
+        parser.close()
+        anchors = parser.anchors
+    resolve = _resolve if fast else _resolve_fully
+    files = _first_of_each(_html_file(attrs, label, page_url, resolve) for attrs, label in anchors)
     return ProjectPage(name=name, files=files, versions=merge_versions((), files))
 
 
-def _html_file(attrs: Mapping[str, str | None], label: str, page_url: str) -> DistFile | None:
+def _html_file(
+    attrs: Mapping[str, str | None], label: str, page_url: str, resolve: _Resolver
+) -> DistFile | None:
     href = attrs.get("href")
     if not href:
         return None
-    url, fragment = urldefrag(urljoin(page_url, href))
+    url, fragment = resolve(page_url, href)
     # PEP 503: the anchor text MUST match the final path component of the URL.
     filename = label.strip() or url.rsplit("/", 1)[-1]
     if not is_safe_filename(filename):
@@ -203,6 +246,50 @@ def _html_metadata(value: str | None) -> bool | Mapping[str, str]:
     if sep and hash_name and hash_value:
         return {hash_name.lower(): hash_value}
     return True
+
+
+# The fast path's tokens. A page is taken by it only if these cover every "<" in it:
+# an anchor of the plain shape (lowercase `a` and attribute names, double-quoted or
+# bare attributes, text without markup, `</a>`); any other tag whose attributes are
+# plain too; a doctype; text. html.parser reads those exactly so; comments, CDATA,
+# <script>/<style> (whose content it does not parse as tags), single quotes,
+# unquoted values, uppercase, a stray "<", `<a/>` or nested anchors all go to it.
+_ATTRS = r'(?:\s+[a-z][a-z0-9-]*(?:="[^"<>]*")?)*\s*'
+# Elements whose content html.parser (in some Python version) reads as text, not tags.
+_RAW_TEXT = "script|style|textarea|title|xmp|plaintext|noscript|iframe|noembed|noframes"
+_TOKEN = re.compile(
+    rf"(?P<text>[^<]+)"
+    rf"|<a(?P<attrs>{_ATTRS})>(?P<label>[^<]*)</a\s*>"
+    rf"|<title>[^<]*</title\s*>"
+    rf"|</?(?![aA][\s/>])(?!(?:{_RAW_TEXT})[\s/>])[a-z][a-z0-9]*{_ATTRS}/?>"
+    rf"|<!DOCTYPE[^<>]*>"
+)
+_ATTR = re.compile(r'([a-z][a-z0-9-]*)(?:="([^"<>]*)")?')
+
+
+def _plain_anchors(text: str) -> list[tuple[dict[str, str | None], str]] | None:
+    """The page's anchors as _AnchorParser gives them, or None if the page is not of the
+    plain shape throughout (then the full parser reads it)."""
+    anchors: list[tuple[dict[str, str | None], str]] = []
+    position = 0
+    for match in _TOKEN.finditer(text):
+        if match.start() != position:
+            return None
+        position = match.end()
+        raw = match.group("attrs")
+        if raw is None:
+            continue
+        attrs: dict[str, str | None] = {}
+        for attr in _ATTR.finditer(raw):
+            value = attr.group(2)  # None for a bare attribute, as html.parser gives it
+            attrs[attr.group(1)] = None if value is None else _unescape(value)
+        label = match.group("label")
+        anchors.append((attrs, _unescape(label)))
+    return anchors if position == len(text) else None
+
+
+def _unescape(value: str) -> str:
+    return unescape(value) if "&" in value else value
 
 
 class _AnchorParser(HTMLParser):

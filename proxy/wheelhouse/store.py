@@ -306,13 +306,15 @@ class Wheelhouse:
         return Manifest(project, wheels, signature, skipped=tuple(skipped))
 
     def projects(self) -> list[NormalizedName]:
-        """Every project with a manifest (damaged ones too, so they can be reported)."""
+        """Every project with a manifest, and every symlink where a project folder would be:
+        damaged ones too, so that they can be reported."""
         if not self.root.is_dir():
             return []
         return sorted(
             canonicalize_name(p.name)
             for p in self.root.iterdir()
-            if p.is_dir() and not p.is_symlink() and os.path.lexists(p / MANIFEST)
+            if not p.name.startswith(".")
+            and (p.is_symlink() or (p.is_dir() and os.path.lexists(p / MANIFEST)))
         )
 
     def servable(self, project: NormalizedName, filename: str) -> CachedFile | None:

@@ -1,0 +1,63 @@
+"""A cold root's clients follow its files as the fetch writes them.
+
+The fetch (proxy.server.rootindex) parses upstream's root chunk by chunk into
+root.html and root.json; a client that asked while no root was held is sent each
+file's bytes as they are flushed, so its first byte leaves soon after upstream's,
+instead of after the whole fetch. A fetch that fails midway aborts the transfer:
+a client sees a cut connection, never a short body that looks complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from typing import BinaryIO
+
+from aiohttp import web
+
+from proxy.server.rootindex import RootGeneration, RootInProgress
+
+CHUNK = 1 << 20
+
+
+async def follow(
+    request: web.Request, progress: RootInProgress, name: str, headers: Mapping[str, str]
+) -> web.StreamResponse | RootGeneration:
+    """Stream file `name` of the fetch in progress; or the finished generation, when the
+    fetch ended before the file could be opened (serve that instead)."""
+    try:
+        fh: BinaryIO = await asyncio.to_thread(open, progress.folder / name, "rb")
+    except FileNotFoundError:
+        # Renamed (finished) or removed (failed) meanwhile: its end says which.
+        return await progress.done
+    try:
+        response = web.StreamResponse(headers=headers)
+        await response.prepare(request)
+        sent = 0
+        while True:
+            ended = progress.done.done()
+            if ended and progress.done.exception() is not None:
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
+            # Once ended, the file is whole (closed before the generation was
+            # switched in): read to its end. Before, only what was flushed.
+            limit = None if ended else progress.written[name]
+            while limit is None or sent < limit:
+                want = CHUNK if limit is None else min(CHUNK, limit - sent)
+                chunk = await asyncio.to_thread(fh.read, want)
+                if not chunk:
+                    break
+                await response.write(chunk)
+                sent += len(chunk)
+            if ended:
+                break
+            await progress.moved()
+        with contextlib.suppress(ConnectionError):
+            await response.write_eof()
+        return response
+    finally:
+        # Not in a thread: closing a read-only descriptor does not block, and an
+        # await here could be cancelled and leak it.
+        fh.close()
