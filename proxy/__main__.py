@@ -22,6 +22,7 @@ from aiohttp import web
 from proxy import __version__, tokencli
 from proxy.cli import ArgumentParser
 from proxy.config import Config, ConfigError, load_config
+from proxy.server.accesslog import AccessLogger, access_logger
 from proxy.server.app import create_app
 from proxy.server.filestore import FileStore
 from proxy.server.scrub import Pacer, scrub_pass
@@ -147,7 +148,12 @@ def check_folders(config: Config) -> None:
 
 
 async def serve(config: Config) -> None:
-    runner = web.AppRunner(create_app(config), handle_signals=False, access_log=None)
+    runner = web.AppRunner(
+        create_app(config),
+        handle_signals=False,
+        access_log_class=AccessLogger,
+        access_log=access_logger(config.proxy.access_log),
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.proxy.host, config.proxy.port, shutdown_timeout=10)

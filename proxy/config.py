@@ -44,6 +44,7 @@ _KNOWN_OPTIONS = {
             "scrub_interval",
             "max_upload_size",
             "lease_timeout",
+            "access_log",
         }
     ),
     "wheelhouse": frozenset({"path"}),
@@ -117,6 +118,7 @@ class ProxyConfig:
     file_hosts: tuple[HostPort, ...] = DEFAULT_FILE_HOSTS
     max_page_size: int = DEFAULT_MAX_PAGE_SIZE  # bytes of one upstream project page
     lease_timeout: float  # seconds a build host keeps a job without a heartbeat
+    access_log: bool = True  # one line per request on stderr
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -257,6 +259,7 @@ def _build(path: Path, parser: configparser.ConfigParser) -> Config:
         file_hosts=reader.hosts("proxy", "file_hosts", DEFAULT_FILE_HOSTS),
         max_page_size=reader.size("proxy", "max_page_size") or DEFAULT_MAX_PAGE_SIZE,
         lease_timeout=reader.seconds("proxy", "lease_timeout", 600, minimum=1),
+        access_log=reader.switch("proxy", "access_log", True),
     )
     wheelhouse = WheelhouseConfig(path=base / reader.get("wheelhouse", "path", "var/wheelhouse"))
     return Config(
@@ -434,6 +437,14 @@ class _Reader:
                 raise self._fail(section, option, f"{entry!r} is not a host or host:port")
             found.append(HostPort(url.host.lower(), url.explicit_port))
         return tuple(found)
+
+    def switch(self, section: str, option: str, default: bool) -> bool:
+        """on/off (also yes/no, true/false, 1/0)."""
+        raw = self.get(section, option, "on" if default else "off").lower()
+        state = configparser.ConfigParser.BOOLEAN_STATES.get(raw)
+        if state is None:
+            raise self._fail(section, option, f"{raw!r} is not on or off")
+        return state
 
     def port(self, section: str, option: str, default: int) -> int:
         raw = self.get(section, option, str(default))

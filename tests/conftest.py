@@ -91,15 +91,15 @@ async def run(*args: str, env: dict[str, str]) -> tuple[int, str]:
 class ProxyProcess:
     """`pythonbuild-proxy` as a real process, for signals, crashes and restarts."""
 
-    def __init__(self, config: Path, log: Path | None = None) -> None:
+    def __init__(self, config: Path, stderr: Path | None = None) -> None:
         self.config = config
-        self.log = log  # where its stderr (the log) goes; nowhere without one
+        self.stderr = stderr  # where its log goes (None: nowhere)
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
 
     async def start(self) -> str:
         env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
-        log = self.log.open("ab") if self.log is not None else None
+        stderr = os.open(self.stderr or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 str(BIN / "pythonbuild-proxy"),
@@ -107,11 +107,10 @@ class ProxyProcess:
                 str(self.config),
                 env=env,
                 stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL if log is None else log,
+                stderr=stderr,
             )
         finally:
-            if log is not None:
-                log.close()  # the child has its own copy
+            os.close(stderr)
         assert self.proc.stdout is not None
         line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
         assert b"listening on" in line, line
@@ -130,11 +129,11 @@ class ProxyProcess:
 
 
 @pytest.fixture
-async def proxy_process(tmp_path: Path) -> AsyncIterator[Callable[[Path], ProxyProcess]]:
+async def proxy_process(tmp_path: Path) -> AsyncIterator[Callable[..., ProxyProcess]]:
     started: list[ProxyProcess] = []
 
-    def make(config: Path, log: Path | None = None) -> ProxyProcess:
-        process = ProxyProcess(config, log)
+    def make(config: Path, stderr: Path | None = None) -> ProxyProcess:
+        process = ProxyProcess(config, stderr)
         started.append(process)
         return process
 
