@@ -250,6 +250,71 @@ async def test_pypi_orgs_root_shape_end_to_end(
     assert len(links) == 5001
 
 
+async def _held_root(make_proxy: ProxyFactory, tmp_path: Path) -> Path:
+    """Fetch the root once, close that proxy; the generation folder it left."""
+    client = await make_proxy()
+    assert (await client.get("/simple/")).status == 200
+    await client.close()
+    root_dir = tmp_path / "proxy" / "cache" / "root"
+
+    def switched_in() -> bool:
+        # The client had the streamed root before the fetch's last step (a worker thread
+        # pointing `current` at it) ended: wait for that, with a deadline.
+        names = {p.name for p in root_dir.iterdir()}
+        return "current" in names and not any(n.startswith((".tmp", "tmp-")) for n in names)
+
+    deadline = asyncio.get_running_loop().time() + 20
+    while not switched_in():
+        assert asyncio.get_running_loop().time() < deadline, "the root was never switched in"
+        await asyncio.sleep(0.01)
+    [generation] = [p for p in root_dir.iterdir() if p.name.startswith("gen-")]
+    assert (root_dir / "current").read_text() == generation.name
+    return generation
+
+
+async def test_a_generation_linked_in_from_elsewhere_is_never_served(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    generation = await _held_root(make_proxy, tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    moved = elsewhere / generation.name
+    generation.rename(moved)
+    generation.symlink_to(moved, target_is_directory=True)
+    before = sorted(p.name for p in moved.iterdir())
+    upstream.knobs.page_status = 503
+    client = await make_proxy()
+    assert (await client.get("/simple/")).status == 502  # nothing held: not the linked copy
+    assert not generation.is_symlink()
+    assert sorted(p.name for p in moved.iterdir()) == before  # and nothing removed there
+
+
+@pytest.mark.parametrize("planted", ["root folder", "pointer"])
+async def test_a_symlinked_root_folder_or_pointer_is_not_followed(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, tmp_path: Path, planted: str
+) -> None:
+    generation = await _held_root(make_proxy, tmp_path)
+    root_dir = generation.parent
+    elsewhere = tmp_path / "elsewhere"
+    if planted == "root folder":
+        root_dir.rename(elsewhere)
+        root_dir.symlink_to(elsewhere, target_is_directory=True)
+    else:
+        elsewhere.mkdir()
+        (elsewhere / "pointer").write_text(generation.name)
+        (root_dir / "current").unlink()
+        (root_dir / "current").symlink_to(elsewhere / "pointer")
+    before = sorted(str(p.relative_to(elsewhere)) for p in elsewhere.rglob("*"))
+    upstream.knobs.page_status = 503
+    client = await make_proxy()
+    assert (await client.get("/simple/")).status == 502
+    assert sorted(str(p.relative_to(elsewhere)) for p in elsewhere.rglob("*")) == before
+    upstream.knobs.page_status = None
+    resp = await client.get("/simple/")
+    assert resp.status == 200
+    assert not root_dir.is_symlink()
+
+
 def _html_names(body: bytes, chunk: int) -> list[str]:
     scanner = _HtmlNames()
     names: list[str] = []

@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -225,15 +226,23 @@ class RootIndex:
         keep = {generation.folder, previous.folder if previous else None}
         for old in self._dir.glob("gen-*"):
             if old not in keep:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove(old)
 
     def _load_and_clean(self) -> RootGeneration | None:
-        self._dir.mkdir(parents=True, exist_ok=True)
+        """The generation `current` names, if it is whole; everything else is removed.
+
+        Nothing is read or served through a symlink: a planted link (the folder itself,
+        `current`, a generation, one of its files) is never taken for ours."""
+        _real_dir(self._dir)
         current: RootGeneration | None = None
         try:
-            folder = self._dir / (self._dir / POINTER).read_text().strip()
-            meta = json.loads((folder / META_NAME).read_text())
-            if folder.parent == self._dir and (folder / HTML_NAME).is_file():
+            name = _read_regular(self._dir / POINTER).decode().strip()
+            folder = self._dir / name
+            if name.startswith("gen-") and "/" not in name and _is_real_dir(folder):
+                meta = json.loads(_read_regular(folder / META_NAME))
+                for file in (HTML_NAME, JSON_NAME):
+                    if not stat.S_ISREG((folder / file).lstat().st_mode):
+                        raise ValueError(f"{folder / file} is not a regular file")
                 current = RootGeneration(
                     folder,
                     float(meta["fetched_at"]),
@@ -248,8 +257,36 @@ class RootIndex:
             if path.name.startswith(("tmp-", "gen-")) and (
                 current is None or path != current.folder
             ):
-                shutil.rmtree(path, ignore_errors=True)
+                _remove(path)
         return current
+
+
+def _real_dir(path: Path) -> None:
+    """`path` as a folder of its own: a symlink or file in its place is removed."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        log.warning("root index: %s is not a folder (a symlink?); made anew", path)
+        path.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _is_real_dir(path: Path) -> bool:
+    return stat.S_ISDIR(path.lstat().st_mode)
+
+
+def _read_regular(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        return fh.read()
+
+
+def _remove(path: Path) -> None:
+    """Remove a leftover, never following a symlink (the link itself goes)."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _settle(
