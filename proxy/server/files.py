@@ -163,6 +163,11 @@ class Files:
         if not f.url.startswith(("https://", "http://")):
             raise FileNotListed()
         source, url = self._source(f, metadata)
+        if source is not None:
+            hit = await self._from_disk(source.sha256, CacheStatus.HIT)
+            if hit is not None:
+                self._metrics.file_cache.inc(result="hit")
+                return hit
         if not any(host.allows(URL(url)) for host in self._hosts):
             # Listed elsewhere (an internal address, another port): never asked.
             self._metrics.upstream_errors.inc(kind="refused")
@@ -172,10 +177,6 @@ class Files:
         if source is None:
             self._metrics.file_cache.inc(result="passthrough")
             return Relayed(url, self._upstream, self._hosts)
-        hit = await self._from_disk(source.sha256, CacheStatus.HIT)
-        if hit is not None:
-            self._metrics.file_cache.inc(result="hit")
-            return hit
         self._metrics.file_cache.inc(result="miss")
         download = self._downloads.get(source)
         if not ranged:
