@@ -33,6 +33,7 @@ _KNOWN_OPTIONS = {
             "upstream",
             "cache_dir",
             "page_ttl",
+            "page_swr",
             "root_ttl",
             "negative_ttl",
             "upstream_timeout",
@@ -104,6 +105,9 @@ class ProxyConfig:
     upstream: URL  # the upstream's Simple API root, always ending in "/"
     cache_dir: Path
     page_ttl: float
+    # Seconds past page_ttl a page is still served at once while one background
+    # request revalidates it (stale-while-revalidate); 0: the client waits.
+    page_swr: float = 0
     root_ttl: float
     negative_ttl: float
     upstream_timeout: float
@@ -248,6 +252,7 @@ def _build(path: Path, parser: configparser.ConfigParser) -> Config:
         upstream=reader.upstream("proxy", "upstream", "https://pypi.org/simple/"),
         cache_dir=base / reader.get("proxy", "cache_dir", "var/cache"),
         page_ttl=reader.seconds("proxy", "page_ttl", 600),
+        page_swr=reader.seconds("proxy", "page_swr", 3600),
         root_ttl=reader.seconds("proxy", "root_ttl", 3600),
         negative_ttl=reader.seconds("proxy", "negative_ttl", 60),
         upstream_timeout=reader.seconds("proxy", "upstream_timeout", 30, minimum=0.001),

@@ -38,6 +38,7 @@ def test_bundled_config_gives_the_documented_defaults() -> None:
     assert proxy.port == 8080
     assert proxy.upstream == URL("https://pypi.org/simple/")
     assert proxy.page_ttl == 600
+    assert proxy.page_swr == 3600
     assert proxy.root_ttl == 3600
     assert proxy.negative_ttl == 60
     assert proxy.upstream_timeout == 30

@@ -270,7 +270,7 @@ async def test_symlinks_in_the_cache_are_never_followed(
 async def test_cached_files_are_served_while_upstream_is_down(
     make_proxy: ProxyFactory, upstream: FixtureUpstream, big: Dist
 ) -> None:
-    client = await make_proxy(page_ttl=0)
+    client = await make_proxy(page_ttl=0, page_swr=0)
     path = f"/files/big/{big.filename}"
     await fetch(client, path)
     assert upstream.server is not None

@@ -109,8 +109,12 @@ async def test_a_wheel_built_with_python_m_build_installs_a_working_proxy(
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
         assert b"listening on" in line, line
         base = line.decode().split()[-1].removesuffix("/simple/")
-        async with aiohttp.ClientSession() as http, http.get(f"{base}/health") as resp:
-            assert resp.status == 200
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/health") as resp:
+                assert resp.status == 200
+            # The status page's templates are package data: installed with the wheel.
+            async with http.get(f"{base}/") as resp:
+                assert resp.status == 200 and "pythonbuild status" in await resp.text()
         code, out = await run(
             str(target / "bin" / "pythonbuild-builder"), "--config", str(config), env=env
         )

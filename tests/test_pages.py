@@ -59,7 +59,7 @@ async def test_pip_and_uv_accept_headers_get_pep691_json(
     resp = await client.get("/simple/demo-pkg/", headers={"Accept": accept})
     assert resp.status == 200
     assert resp.headers["Content-Type"] == JSON_V1
-    assert resp.headers["Vary"] == "Accept"
+    assert resp.headers["Vary"] == "Accept, Accept-Encoding"
     doc = await resp.json(content_type=JSON_V1)
     assert doc["meta"]["api-version"] >= "1.1"
     assert doc["versions"] == ["1.0"]
@@ -80,7 +80,7 @@ async def test_no_accept_gets_html_with_links_to_the_proxy(
     resp = await client.get("/simple/demo-pkg/")
     assert resp.status == 200
     assert resp.headers["Content-Type"] == "text/html"
-    assert resp.headers["Vary"] == "Accept"
+    assert resp.headers["Vary"] == "Accept, Accept-Encoding"
     links = anchors(await resp.text())
     assert len(links) == 2
     for link in links:
@@ -184,7 +184,12 @@ async def test_hostile_paths_are_404_and_reach_nothing(
 ) -> None:
     client = await make_proxy()
     resp = await client.get(URL(raw_path, encoded=True), allow_redirects=False)
-    assert resp.status == 404, (raw_path, resp.status)
+    if raw_path == "/simple/../":
+        # Its dot segments removed (RFC 3986, as aiohttp does), it is `/`: the status page,
+        # which asks upstream nothing either.
+        assert resp.status == 200 and "pythonbuild status" in await resp.text()
+    else:
+        assert resp.status == 404, (raw_path, resp.status)
     assert sum(demo.requests.values()) == 0
     with diskcache.Cache(str(tmp_path / "proxy" / "cache" / "pages")) as cache:
         assert list(cache.iterkeys()) == []
@@ -205,7 +210,7 @@ async def test_fresh_page_is_served_without_asking_upstream(
 async def test_stale_page_is_revalidated_with_its_etag(
     make_proxy: ProxyFactory, demo: FixtureUpstream
 ) -> None:
-    client = await make_proxy(page_ttl=0)
+    client = await make_proxy(page_ttl=0, page_swr=0)
     first = await (await client.get("/simple/demo-pkg/")).read()
     resp = await client.get("/simple/demo-pkg/")
     assert resp.status == 200
@@ -217,7 +222,7 @@ async def test_stale_page_is_revalidated_with_its_etag(
 async def test_changed_upstream_page_replaces_the_stale_one(
     make_proxy: ProxyFactory, demo: FixtureUpstream
 ) -> None:
-    client = await make_proxy(page_ttl=0)
+    client = await make_proxy(page_ttl=0, page_swr=0)
     await client.get("/simple/demo-pkg/")
     demo.add("Demo.Pkg", make_wheel("Demo.Pkg", "2.0"))
     doc = await (await client.get("/simple/demo-pkg/?format=json")).json(content_type=JSON_V1)
@@ -294,7 +299,7 @@ async def test_upstream_404_is_404_and_remembered_briefly(
 async def test_page_with_lower_serial_is_not_taken(
     make_proxy: ProxyFactory, demo: FixtureUpstream
 ) -> None:
-    client = await make_proxy(page_ttl=0)
+    client = await make_proxy(page_ttl=0, page_swr=0)
     demo.knobs.serial = 200
     first = await (await client.get("/simple/demo-pkg/")).read()
     demo.add("Demo.Pkg", make_wheel("Demo.Pkg", "2.0"))
@@ -342,7 +347,7 @@ async def test_concurrent_cold_requests_ask_upstream_once(
 async def test_concurrent_stale_requests_revalidate_once(
     make_proxy: ProxyFactory, demo: FixtureUpstream
 ) -> None:
-    client = await make_proxy(page_ttl=0)
+    client = await make_proxy(page_ttl=0, page_swr=0)
     await client.get("/simple/demo-pkg/")
     demo.knobs.page_delay = 0.3
     responses = await asyncio.gather(*(client.get("/simple/demo-pkg/") for _ in range(25)))
@@ -366,8 +371,9 @@ async def test_head_answers_the_same_headers_without_body(
     make_proxy: ProxyFactory, demo: FixtureUpstream
 ) -> None:
     client = await make_proxy()
-    get = await client.get("/simple/demo-pkg/")
-    head = await client.head("/simple/demo-pkg/")
+    plain = {"Accept-Encoding": "identity"}  # one form for both (see test_gzip.py)
+    get = await client.get("/simple/demo-pkg/", headers=plain)
+    head = await client.head("/simple/demo-pkg/", headers=plain)
     assert head.status == 200
     for header in ("Content-Type", "Content-Length", "ETag", "Vary"):
         assert head.headers[header] == get.headers[header]
@@ -391,18 +397,18 @@ async def test_unsupported_projects_redirect_upstream_when_configured(
 async def test_pages_survive_a_restart_with_upstream_down(
     make_proxy: ProxyFactory, demo: FixtureUpstream
 ) -> None:
-    client = await make_proxy(page_ttl=0)
+    client = await make_proxy(page_ttl=0, page_swr=0)
     good = await (await client.get("/simple/demo-pkg/", headers={"Accept": PIP_ACCEPT})).read()
     await client.close()
     demo.knobs.page_status = 503
-    client = await make_proxy(page_ttl=0)
+    client = await make_proxy(page_ttl=0, page_swr=0)
     resp = await client.get("/simple/demo-pkg/", headers={"Accept": PIP_ACCEPT})
     assert resp.status == 200
     assert await resp.read() == good
 
 
 async def test_health_and_metrics(make_proxy: ProxyFactory, demo: FixtureUpstream) -> None:
-    client = await make_proxy(page_ttl=0)
+    client = await make_proxy(page_ttl=0, page_swr=0)
     resp = await client.get("/health")
     assert resp.status == 200
     assert (await resp.json())["status"] == "ok"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -200,3 +201,15 @@ def test_scrub_rate_is_bytes_per_second_and_0_disables(
 def test_a_bad_scrub_rate_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="scrub_rate"):
         load_config(write_config(tmp_path, "http://127.0.0.1:9/simple/", scrub_rate="fast"))
+
+
+@pytest.mark.parametrize(("rate", "scrubbing"), [("0", False), ("10M", True)])
+async def test_scrub_rate_0_runs_no_scrubber(
+    make_proxy: ProxyFactory, rate: str, scrubbing: bool
+) -> None:
+    client = await make_proxy(scrub_rate=rate)
+    assert (await client.get("/health")).status == 200
+    running = [t for t in threading.enumerate() if t.name == "scrubber"]
+    assert len(running) == (1 if scrubbing else 0)
+    await client.close()
+    assert not [t for t in threading.enumerate() if t.name == "scrubber"]  # stopped at close

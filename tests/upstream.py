@@ -44,6 +44,7 @@ class Knobs:
     formats: str = "both"  # both | json | html: what the fixture can answer
     page_status: int | None = None  # answer pages with this status instead
     page_delay: float = 0.0
+    page_hold: asyncio.Event | None = None  # pages wait for it: an upstream the test releases
     garbage: bool = False  # a 200 whose body is not a page in its content type
     etags: bool = True
     serial: int | None = 100  # X-PyPI-Last-Serial, None for no header
@@ -123,6 +124,8 @@ class FixtureUpstream:
         knobs = self.knobs
         if knobs.page_delay:
             await asyncio.sleep(knobs.page_delay)
+        if knobs.page_hold is not None:
+            await knobs.page_hold.wait()
         if knobs.page_status is not None:
             return web.Response(status=knobs.page_status, text="fixture failure")
         project = self.projects.get(request.match_info["project"])

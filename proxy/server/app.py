@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.config import Config
-from proxy.server import farmviews, fileviews, uploadviews, views
+from proxy.server import farmviews, fileviews, statusviews, uploadviews, views
 from proxy.server.auth import Forbidden, Unauthenticated
 from proxy.server.downloads import Downloader
 from proxy.server.errors import (
@@ -35,6 +35,7 @@ from proxy.server.keys import (
     PAGES,
     ROOT,
     STAGING,
+    STATUS,
     STORE,
     TOKENS,
     UPSTREAM,
@@ -45,6 +46,7 @@ from proxy.server.pagecache import PageCache
 from proxy.server.pages import Pages
 from proxy.server.rootindex import RootIndex
 from proxy.server.scrub import Scrubber
+from proxy.server.status import LogNotFound, Status
 from proxy.server.upstream import Upstream, UpstreamError, UpstreamTimeout
 from proxy.simple.names import InvalidProjectName
 from proxy.wheelhouse.demand import DemandQueue
@@ -117,6 +119,8 @@ ERRORS: dict[type[Exception], Answer] = {
     # The jobs API.
     BadJobRequest: _refusal(400),
     LeaseLost: _refusal(409),
+    # The status pages.
+    LogNotFound: _text(404),
 }
 
 
@@ -186,6 +190,7 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
         upstream,
         app[METRICS],
         ttl=config.proxy.page_ttl,
+        swr=config.proxy.page_swr,
         negative_ttl=config.proxy.negative_ttl,
     )
     pages = Pages(config, page_cache, wheelhouse, upstream)
@@ -226,6 +231,10 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
         FarmDB, config.wheelhouse.path / FARM_DB, config.proxy.lease_timeout
     )
     app[FARM] = Farm(config, pages, wheelhouse, demand, farm_db, app[INTAKE])
+    app[STATUS] = Status(
+        config=config, pages=pages, wheelhouse=wheelhouse, store=store, upstream=upstream,
+        demand=demand, farm=app[FARM], metrics=metrics,
+    )  # fmt: skip
     scrubber = Scrubber(
         store,
         wheelhouse,
@@ -251,6 +260,13 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_state)
+    statusviews.setup(app)
+    app.router.add_get("/", statusviews.index)
+    app.router.add_get("/status/{project}", statusviews.project_slash)
+    app.router.add_get("/status/{project}/", statusviews.project)
+    app.router.add_get(
+        "/status/{project}/logs/{source}/{version}/{identifier}", statusviews.build_log
+    )
     app.router.add_get("/health", views.health)
     app.router.add_get("/metrics", views.metrics)
     app.router.add_get("/simple", views.add_slash)

@@ -243,6 +243,11 @@ class FileStore:
         self._touch(sha256, entry)
         return CachedFile(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
 
+    def held(self) -> tuple[int, int]:
+        """(files, bytes) held now."""
+        with self._lock:
+            return len(self._index), self.total
+
     def files(self) -> list[str]:
         """The sha256 of every file held, least recently used first (a snapshot)."""
         with self._lock:

@@ -13,6 +13,7 @@ from proxy.server.intake import Intake, Staging
 from proxy.server.metrics import Metrics
 from proxy.server.pages import Pages
 from proxy.server.rootindex import RootIndex
+from proxy.server.status import Status
 from proxy.server.upstream import Upstream
 from proxy.wheelhouse.demand import DemandQueue
 from proxy.wheelhouse.store import Wheelhouse
@@ -32,3 +33,4 @@ TOKENS = web.AppKey("tokens", TokenStore)
 STAGING = web.AppKey("staging", Staging)
 INTAKE = web.AppKey("intake", Intake)
 FARM = web.AppKey("farm", Farm)
+STATUS = web.AppKey("status", Status)

@@ -139,14 +139,25 @@ class Metrics:
     def observe_upstream(self, seconds: float) -> None:
         self.upstream_latency.observe(seconds)
 
-    def render(self) -> str:
-        """The Prometheus text exposition of this app (of every worker, in multiprocess mode)."""
+    def _reported(self) -> CollectorRegistry:
+        """The registry /metrics reports: this app's, or every worker's in multiprocess mode
+        (read from their files: blocking)."""
         registry = self.registry
         if self._multiprocess_dir is not None:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=str(self._multiprocess_dir))  # type: ignore[no-untyped-call]
-        return generate_latest(registry).decode()
+        return registry
+
+    def render(self) -> str:
+        """The Prometheus text exposition of this app (of every worker, in multiprocess mode)."""
+        return generate_latest(self._reported()).decode()
 
     def sample(self, name: str, **labels: str) -> float | None:
-        """One sample's value as /metrics reports it (None: not reported)."""
-        return self.registry.get_sample_value(name, labels)
+        """One sample's value as /metrics reports it (None: not reported). Blocking in
+        multiprocess mode (it reads every worker's file): call it in a thread there."""
+        return self._reported().get_sample_value(name, labels)
+
+    def samples(self, wanted: Sequence[tuple[str, dict[str, str]]]) -> list[float]:
+        """Several samples at once (0 for one not reported), from one reading."""
+        registry = self._reported()
+        return [registry.get_sample_value(name, labels) or 0.0 for name, labels in wanted]

@@ -1,8 +1,10 @@
 """Project pages: fetched from upstream, kept on disk (diskcache), served fresh or stale.
 
 Freshness follows devpi-server's mirror: a page younger than `page_ttl` is served
-without asking upstream; an older one is revalidated with its validators; when
-upstream fails, the stale copy is served; a remembered 404 lasts `negative_ttl`;
+without asking upstream; an older one is revalidated with its validators, in the
+background while it is younger than `page_ttl + page_swr` (the held copy is served
+at once meanwhile: stale-while-revalidate), else before answering; when upstream
+fails, the stale copy is served; a remembered 404 lasts `negative_ttl`;
 a page whose serial is lower than the one held is not taken; one fetch per
 project at a time.
 
@@ -77,6 +79,7 @@ class PageCache:
         *,
         ttl: float,
         negative_ttl: float,
+        swr: float = 0,
         memory_budget: int = 128 * 1024 * 1024,
     ) -> None:
         self._disk = _open_disk(directory)
@@ -84,6 +87,7 @@ class PageCache:
         self._metrics = metrics
         self._ttl = ttl
         self._negative_ttl = negative_ttl
+        self._swr = swr
         self._memory: ByteLRU[str, CachedPage] = ByteLRU(memory_budget)
         self._generations = itertools.count(1)
         self._flights: SingleFlight[PageResult] = SingleFlight()
@@ -96,6 +100,10 @@ class PageCache:
     def memory_bytes(self) -> int:
         """What the pages held in memory take, as measured when each was parsed."""
         return self._memory.size
+
+    def held(self) -> int:
+        """How many pages (and remembered 404s) are on disk; blocking: call it in a thread."""
+        return len(self._disk)
 
     def _lifetime(self, entry: CachedPage) -> float:
         return self._ttl if entry.page is not None else self._negative_ttl
@@ -112,6 +120,17 @@ class PageCache:
         if entry is not None and entry.age(now) < self._lifetime(entry):
             self._metrics.page_cache.inc(result="hit" if entry.page else "negative")
             return PageResult(entry, CacheStatus.HIT, entry.fetched_at + self._lifetime(entry))
+        if entry is not None and entry.page is not None and entry.age(now) < self._ttl + self._swr:
+            # Stale-while-revalidate: this client gets the held page now; one
+            # background request (shared with any other) brings it up to date.
+            if not self._flights.in_flight(name):
+                held = entry
+                task = asyncio.ensure_future(
+                    self._flights.run(name, lambda: self._refresh(name, held))
+                )
+                task.add_done_callback(_retrieve)
+            self._metrics.page_cache.inc(result="stale_while_revalidate")
+            return PageResult(entry, CacheStatus.STALE, now)
         return await self._flights.run(name, lambda: self._refresh(name, entry))
 
     async def _refresh(self, name: str, held: CachedPage | None) -> PageResult:
@@ -242,6 +261,13 @@ def _open_disk(directory: Path) -> diskcache.Cache:
             "page cache %s is damaged (%s): moved to %s, starting empty", directory, exc, aside
         )
         return diskcache.Cache(str(directory), eviction_policy="none")
+
+
+def _retrieve(task: asyncio.Future[PageResult]) -> None:
+    # A background revalidation's failure is logged where it happens (_refresh serves
+    # the held page); here it is only marked as seen.
+    if not task.cancelled():
+        task.exception()
 
 
 def _parse(resp: PageResponse, name: str) -> tuple[ProjectPage, bytes, int]:

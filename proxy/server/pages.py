@@ -17,6 +17,7 @@ turns the value into a response.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import time
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ _ENTRY_OVERHEAD = 512
 class Rendered:
     body: bytes
     etag: str  # strong, quoted: a hash of the body
+    # The body gzipped, made once per rendering in the background the first time a
+    # client offers gzip; None: not made yet; b"": not worth it (no smaller).
+    gzip: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,12 @@ class Page:
     stale: bool  # upstream failed: the held copy, to be revalidated by clients
     serial: int | None  # upstream's X-PyPI-Last-Serial, when known
     cache: CacheStatus
+    gzip: bytes | None = None  # the body gzipped, when made and smaller
+
+    @property
+    def gzip_etag(self) -> str:
+        """The gzipped body's own strong ETag: another representation, another tag."""
+        return f'{self.etag[:-1]}-gzip"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,21 +95,30 @@ class Pages:
         self._wheelhouse = wheelhouse
         self._upstream = upstream
         self._memo: ByteLRU[MemoKey, Rendered] = ByteLRU(memo_budget)
+        self._compressing: dict[MemoKey, asyncio.Task[None]] = {}
 
     async def close(self) -> None:
+        for task in self._compressing.values():
+            task.cancel()
+        await asyncio.gather(*self._compressing.values(), return_exceptions=True)
         await self._cache.close()
 
     @property
     def memo(self) -> MemoStats:
         return MemoStats(len(self._memo), self._memo.size, self._memo.budget)
 
+    async def held(self) -> tuple[int, int]:
+        """(pages on disk, bytes of the pages held in memory)."""
+        return await asyncio.to_thread(self._cache.held), self._cache.memory_bytes
+
     async def listing(self, name: NormalizedName) -> ProjectPage | None:
         """Upstream's page as held (None for a remembered 404): what file requests are
         checked against. Raises UpstreamError when upstream fails and nothing is held."""
         return (await self._cache.get(name)).entry.page
 
-    async def get(self, name: NormalizedName, fmt: Format) -> Page:
-        """The page of a normalized project name in `fmt`.
+    async def get(self, name: NormalizedName, fmt: Format, *, offers_gzip: bool = False) -> Page:
+        """The page of a normalized project name in `fmt`; with `offers_gzip` (the client
+        offers it), its gzipped body too once made (the first such ask starts it).
 
         Raises Redirect (unsupported projects, when configured), ProjectNotFound, or
         UpstreamError when upstream fails and nothing can be served.
@@ -129,7 +148,19 @@ class Pages:
             page = merge(upstream, name, local.values())
             rendered = await asyncio.to_thread(_render, page, name, fmt.is_json)
             self._memo.put(key, rendered, len(rendered.body) + _ENTRY_OVERHEAD)
+        if offers_gzip and rendered.gzip is None and key not in self._compressing:
+            # Not on this request's path: it gets the plain body, later ones the gzip.
+            task = asyncio.ensure_future(self._compress(key, rendered))
+            self._compressing[key] = task
+            task.add_done_callback(lambda _: self._compressing.pop(key, None))
         return self._value(rendered, fmt, result, failure, upstream is None)
+
+    async def _compress(self, key: MemoKey, rendered: Rendered) -> None:
+        compressed = await asyncio.to_thread(_gzip, rendered.body)
+        # Kept only beside the rendering it was made from, counted in the memo's bytes.
+        if self._memo.get(key) is rendered:
+            both = Rendered(rendered.body, rendered.etag, compressed)
+            self._memo.put(key, both, len(rendered.body) + len(compressed) + _ENTRY_OVERHEAD)
 
     async def _upstream_page(
         self, name: NormalizedName, supported: bool
@@ -171,12 +202,22 @@ class Pages:
             stale=stale,
             serial=result.entry.serial if result is not None else None,
             cache=cache,
+            gzip=rendered.gzip or None,
         )
 
 
 def _file_url(project: str, f: DistFile) -> str:
     # Relative to /simple/{project}/, so the proxy works behind any host or prefix.
     return f"../../files/{project}/{quote(f.filename)}"
+
+
+def _gzip(body: bytes) -> bytes:
+    """The body gzipped (in a worker thread), or b"" when that is no smaller.
+
+    Level 6, made once per rendering and served many times; mtime 0, so the same
+    body always gives the same bytes (and the ETag derived from the body holds)."""
+    compressed = gzip.compress(body, compresslevel=6, mtime=0)
+    return compressed if len(compressed) < len(body) else b""
 
 
 def _render(page: ProjectPage, name: NormalizedName, as_json: bool) -> Rendered:

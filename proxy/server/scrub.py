@@ -134,7 +134,11 @@ def _hash_fd(fd: int, pacer: Pacer) -> str:
 
 
 class Scrubber:
-    """The background passes of one app, in a thread of their own."""
+    """The background passes of one app, in a thread of their own.
+
+    With several worker processes on one cache (issue 12), one of them scrubs: each
+    would otherwise spend `scrub_rate` on the same files.
+    """
 
     def __init__(
         self,
@@ -152,6 +156,8 @@ class Scrubber:
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="scrubber", daemon=True)
+        self._pacer: Pacer | None = None
+        self._counted = 0  # of the current pass's bytes, already in the metric
 
     def start(self) -> None:
         if self._rate > 0:
@@ -165,6 +171,13 @@ class Scrubber:
 
     def _count(self, store: str, ok: bool) -> None:
         self._metrics.scrub_files.inc(store=store, result="ok" if ok else "corrupt")
+        self._count_bytes()
+
+    def _count_bytes(self) -> None:
+        # Per file, not per pass: a pass over a large cache at a modest rate takes hours.
+        if self._pacer is not None:
+            self._metrics.scrub_bytes.inc(self._pacer.spent - self._counted)
+            self._counted = self._pacer.spent
 
     def _run(self) -> None:
         # Start-up's own checks (a file is verified before its first serve) and the
@@ -173,9 +186,9 @@ class Scrubber:
             return
         while not self._stop.is_set():
             started = time.monotonic()
-            pacer = Pacer(self._rate, self._stop)
+            self._pacer, self._counted = Pacer(self._rate, self._stop), 0
             try:
-                report = scrub_pass(self._store, self._wheelhouse, pacer, self._count)
+                report = scrub_pass(self._store, self._wheelhouse, self._pacer, self._count)
             except Stopped:
                 return
             except Exception:  # a bug must not end scrubbing for good, nor the proxy
@@ -188,5 +201,5 @@ class Scrubber:
                     len(report.corrupt),
                 )
             finally:
-                self._metrics.scrub_bytes.inc(pacer.spent)
+                self._count_bytes()
             self._stop.wait(max(0.0, started + self._interval - time.monotonic()))

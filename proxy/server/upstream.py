@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -51,6 +51,17 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 def same_origin(a: URL, b: URL) -> bool:
     return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """How upstream has been answering this process (for the status page)."""
+
+    last_success_at: float | None = None  # unix time of the last request that went well
+    last_failure_at: float | None = None
+    last_failure: str = ""  # why, one line
+    last_latency: float | None = None  # seconds to response headers (pages: whole body)
+    failures: int = 0  # since start
 
 
 class UpstreamTimeout(UpstreamError):
@@ -104,6 +115,7 @@ class Upstream:
         self._max_page_size = max_page_size
         self._spool_dir = spool_dir
         self._session: aiohttp.ClientSession | None = None
+        self.health = Health()  # replaced whole (frozen) on each outcome: readers see one state
 
     def in_origin(self, url: URL) -> bool:
         """Whether `url` is on the upstream's own scheme, host and port."""
@@ -132,7 +144,10 @@ class Upstream:
 
     async def fetch_page(self, name: str, validators: Validators) -> PageResponse:
         url = self.page_url(name)
-        headers = {"Accept": PAGE_ACCEPT, **validators.headers()}
+        # One Accept-Encoding, whatever compression modules aiohttp finds installed:
+        # pypi.org's ETag names the encoded answer (warehouse hashes the gzipped body),
+        # so a validator only matches when the revalidation asks for the same encoding.
+        headers = {"Accept": PAGE_ACCEPT, "Accept-Encoding": "gzip", **validators.headers()}
         started = time.monotonic()
         with self._errors(f"page {url}"):
             try:
@@ -169,7 +184,7 @@ class Upstream:
                         serial=_serial(resp.headers),
                     )
             finally:
-                self._metrics.observe_upstream(time.monotonic() - started)
+                self._observe(time.monotonic() - started)
 
     @asynccontextmanager
     async def _get(
@@ -237,10 +252,24 @@ class Upstream:
                 headers=request_headers,
                 auto_decompress=not raw,
             ) as resp:
-                self._metrics.observe_upstream(time.monotonic() - started)
+                self._observe(time.monotonic() - started)
                 if resp.status not in ok:
                     raise UpstreamError("status", f"{kind} {url} answered {resp.status}")
                 yield resp
+
+    def _observe(self, seconds: float) -> None:
+        self._metrics.observe_upstream(seconds)
+        self.health = replace(self.health, last_latency=seconds)
+
+    def _failed(self, exc: UpstreamError) -> UpstreamError:
+        self._metrics.upstream_errors.inc(kind=exc.kind)
+        self.health = replace(
+            self.health,
+            last_failure_at=time.time(),
+            last_failure=str(exc),
+            failures=self.health.failures + 1,
+        )
+        return exc
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -248,17 +277,18 @@ class Upstream:
         try:
             yield
         except UpstreamError as exc:
-            self._metrics.upstream_errors.inc(kind=exc.kind)
+            self._failed(exc)
             raise
         except TimeoutError:
-            self._metrics.upstream_errors.inc(kind="timeout")
-            raise UpstreamTimeout("timeout", f"{what} took over {self._timeout}s") from None
+            raise self._failed(
+                UpstreamTimeout("timeout", f"{what} took over {self._timeout}s")
+            ) from None
         except aiohttp.TooManyRedirects:
-            self._metrics.upstream_errors.inc(kind="redirects")
-            raise UpstreamError("redirects", f"{what} redirects too often") from None
+            raise self._failed(UpstreamError("redirects", f"{what} redirects too often")) from None
         except (aiohttp.ClientError, ValueError) as exc:
-            self._metrics.upstream_errors.inc(kind="connection")
-            raise UpstreamError("connection", f"{what}: {exc!r}") from None
+            raise self._failed(UpstreamError("connection", f"{what}: {exc!r}")) from None
+        else:
+            self.health = replace(self.health, last_success_at=time.time())
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int, spool_dir: Path | None) -> bytes:

@@ -8,6 +8,7 @@ from aiohttp import web
 from packaging.utils import NormalizedName
 
 from proxy.server import rootstream
+from proxy.server.encoding import accepts_gzip
 from proxy.server.errors import NotAcceptable, Redirect
 from proxy.server.keys import CONFIG, METRICS, PAGES, ROOT
 from proxy.server.pages import Page
@@ -47,15 +48,21 @@ async def add_slash(request: web.Request) -> web.StreamResponse:
 
 
 async def project_page(request: web.Request) -> web.StreamResponse:
-    page = await request.app[PAGES].get(_project(request), _format(request))
-    return _page_response(request, page)
+    offers_gzip = accepts_gzip(request.headers.get("Accept-Encoding"))
+    page = await request.app[PAGES].get(
+        _project(request), _format(request), offers_gzip=offers_gzip
+    )
+    return _page_response(request, page, offers_gzip)
 
 
-def _page_response(request: web.Request, page: Page) -> web.Response:
+def _page_response(request: web.Request, page: Page, offers_gzip: bool) -> web.Response:
+    # The gzipped copy was made once for this rendering; never compressed per request.
+    gzipped = page.gzip if offers_gzip else None
+    etag = page.gzip_etag if gzipped is not None else page.etag
     headers = {
         "Content-Type": page.format.value,
-        "Vary": "Accept",
-        "ETag": page.etag,
+        "Vary": "Accept, Accept-Encoding",
+        "ETag": etag,
         "Cache-Control": "max-age=0, must-revalidate"
         if page.stale
         else f"max-age={page.max_age}, public",
@@ -64,10 +71,18 @@ def _page_response(request: web.Request, page: Page) -> web.Response:
     if page.serial is not None:
         headers["X-PyPI-Last-Serial"] = str(page.serial)
     # RFC 9110 13.1.2: weak comparison, and "*" matches any current representation.
-    tags = request.if_none_match or ()
-    if any(tag.value in ("*", page.etag.strip('"')) for tag in tags):
+    held = {tag.value for tag in request.if_none_match or ()}
+    if "*" in held:
         return web.Response(status=304, headers=headers)
-    return web.Response(body=page.body, headers=headers)
+    # A client holding either form of this rendering holds it still: a 304 names the
+    # form it holds (a cache that stored the plain body before the gzip was made).
+    for form in (etag, page.etag, page.gzip_etag if page.gzip is not None else None):
+        if form is not None and form.strip('"') in held:
+            headers["ETag"] = form
+            return web.Response(status=304, headers=headers)
+    if gzipped is not None:
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=page.body if gzipped is None else gzipped, headers=headers)
 
 
 async def root_index(request: web.Request) -> web.StreamResponse:
