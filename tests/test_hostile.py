@@ -406,7 +406,7 @@ async def test_a_client_going_away_is_not_an_error(
 
 
 async def test_x_cache_on_pages(make_proxy: ProxyFactory, demo: FixtureUpstream) -> None:
-    client = await make_proxy(page_ttl=0)
+    client = await make_proxy(page_ttl=0, page_swr=0)  # every request asks upstream
 
     async def x_cache() -> str:
         resp = await client.get("/simple/demo/")
@@ -421,6 +421,9 @@ async def test_x_cache_on_pages(make_proxy: ProxyFactory, demo: FixtureUpstream)
     demo.knobs.page_status = None
     assert await x_cache() == "HIT"  # the held page, fresh again after the 304
     assert demo.requests["/simple/demo/"] == 3
+    client = await make_proxy(page_ttl=0, page_swr=600)
+    assert await x_cache() == "STALE"  # held, expired: served while revalidated
+    await until(lambda: demo.requests["/simple/demo/"] == 4, "the background revalidation")
 
 
 async def test_x_cache_local_for_our_own_wheels(
