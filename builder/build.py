@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -127,28 +128,35 @@ class Builder:
     def stopping(self) -> bool:
         return self._process.stopping
 
-    def build(self, job: VersionJob) -> BuildReport:
+    def build(self, job: VersionJob, cancel: threading.Event | None = None) -> BuildReport:
+        """Build every group of the job; setting `cancel` (from any thread) cancels this job
+        alone, as `stop()` would, and the builder takes the next one."""
         report = BuildReport()
         groups = group_runs(job.identifiers)
         total = sum(len(g) for g in groups)
         done = 0
         for members in groups:
-            if self.stopping:
+            if self.stopping or (cancel is not None and cancel.is_set()):
                 break
             names = " ".join(str(i) for i in members)
             self.say(
                 f"[{done + 1}-{done + len(members)}/{total}] {job.project} {job.version}: {names}"
             )
-            for outcome in self._run_group(job, members):
-                status = (
-                    f"published {outcome.wheel}" if outcome.wheel else f"failed: {outcome.failure}"
-                )
+            for outcome in self._run_group(job, members, cancel):
+                if outcome.wheel:
+                    status = f"published {outcome.wheel}"
+                elif outcome.failure == "cancelled":
+                    status = "cancelled (not a failure)"
+                else:
+                    status = f"failed: {outcome.failure}"
                 self.say(f"  {outcome.identifier}: {status} (log {outcome.log})")
                 report.outcomes.append(outcome)
             done += len(members)
         return report
 
-    def _run_group(self, job: VersionJob, members: tuple[Identifier, ...]) -> list[Outcome]:
+    def _run_group(
+        self, job: VersionJob, members: tuple[Identifier, ...], cancel: threading.Event | None
+    ) -> list[Outcome]:
         label = uuid.uuid4().hex[:12]
         first = members[0]
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -176,14 +184,18 @@ class Builder:
         try:
             try:
                 returncode = self._process.run(
-                    invocation, log_path, self.build_timeout, self.out if self.live else None
+                    invocation,
+                    log_path,
+                    self.build_timeout,
+                    self.out if self.live else None,
+                    cancel,
                 )
             finally:
                 if run.os == "linux":
                     remove_containers(self.options.container_engine, label, dict(invocation.env))
             seconds = time.monotonic() - started
-            if self.stopping:
-                # Cancelled, not failed: no backoff, the next start builds it again.
+            if self.stopping or (cancel is not None and cancel.is_set()):
+                # Cancelled, not failed: no backoff, the next start (or host) builds it again.
                 return [
                     Outcome(identifier=str(i), failure="cancelled", log=log_path) for i in members
                 ]

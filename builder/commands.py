@@ -160,6 +160,8 @@ class PlannedVersion:
     sdist_file: DistFile  # url and sha256: fetched and verified on the build host
     recipe: Recipe
     upstream_files: frozenset[str]
+    # Set by the source when the job is no longer this host's (a lost lease): the build stops.
+    cancel: threading.Event | None = None
 
 
 class JobSource(Protocol):
@@ -200,6 +202,8 @@ class LocalPlan:
 
 def build_version(work_dir: Path, builder: Builder, planned: PlannedVersion) -> bool:
     """Fetch and verify the sdist, then build; whether every identifier was delivered."""
+    if planned.cancel is not None and planned.cancel.is_set():
+        return False  # lost before it started: another host has it
     try:
         sdist = download(planned.sdist_file, work_dir / "sdists" / planned.project)
     except IndexUnavailable as exc:
@@ -213,7 +217,7 @@ def build_version(work_dir: Path, builder: Builder, planned: PlannedVersion) -> 
         recipe=planned.recipe,
         upstream_files=planned.upstream_files,
     )
-    return builder.build(job).ok
+    return builder.build(job, planned.cancel).ok
 
 
 def make_builder(config: Config, results: Results, out: TextIO, *, live: bool = False) -> Builder:

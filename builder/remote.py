@@ -5,7 +5,9 @@ wheelhouse: `RemoteJobs` claims jobs this host can build (it reports its identif
 as for a local plan) under a lease that a thread keeps alive with heartbeats, and
 `RemoteResults` hands the wheels in (the proxy runs the `publish` checks) and reports failures
 with their logs. The lease's unfinished jobs are released when `run` stops; a host killed
-outright loses them after the proxy's lease_timeout.
+outright loses them after the proxy's lease_timeout. A lease the proxy says is gone (or that
+has had no answered heartbeat for lease_timeout, so the proxy has expired it) cancels its
+build at once: another host may hold the job now, and two hosts never build one job at once.
 
 Plain urllib, as builder/index.py: the builder imports neither aiohttp nor the server.
 """
@@ -17,6 +19,7 @@ import contextlib
 import json
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -110,6 +113,7 @@ class FarmClient:
         return dict(doc)
 
     def heartbeat(self, lease: str) -> bool:
+        """Whether the lease is still this host's; FarmUnavailable when nobody answered."""
         status, _ = self._json("POST", f"api/v1/leases/{quote(lease)}/heartbeat")
         return status == 200
 
@@ -185,16 +189,26 @@ class Leases:
     def __init__(self, client: FarmClient, out: Any = sys.stdout) -> None:
         self.client = client
         self.out = out
+        self.lease_timeout = 600.0  # the proxy's; cmd_run sets it from /api/v1/status
         self._lock = threading.Lock()
         self._left: dict[str, set[str]] = {}  # lease -> identifiers not yet reported
         self._by_job: dict[tuple[str, str], str] = {}  # (project, version) -> lease
+        self._cancel: dict[str, threading.Event] = {}  # lease -> set when it is lost
+        self._answered: dict[str, float] = {}  # lease -> monotonic time of its last 200
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def add(self, lease: str, project: str, version: str, identifiers: Iterable[str]) -> None:
+    def add(
+        self, lease: str, project: str, version: str, identifiers: Iterable[str]
+    ) -> threading.Event:
+        """Hold a new lease; the event is set when it is lost (its build must stop)."""
+        cancel = threading.Event()
         with self._lock:
             self._left[lease] = set(identifiers)
             self._by_job[(project, version)] = lease
+            self._cancel[lease] = cancel
+            self._answered[lease] = time.monotonic()
+        return cancel
 
     def of(self, job: VersionJob) -> str:
         with self._lock:
@@ -206,25 +220,54 @@ class Leases:
             if left is not None:
                 left.discard(identifier)
                 if not left:
-                    del self._left[lease]
+                    self._forget(lease)
+
+    def _forget(self, lease: str) -> None:
+        # Under self._lock. _by_job keeps its entry: a late report of the job finds the lease.
+        self._left.pop(lease, None)
+        self._cancel.pop(lease, None)
+        self._answered.pop(lease, None)
 
     def held(self) -> list[str]:
         with self._lock:
             return list(self._left)
 
+    def lost(self, lease: str, why: str) -> None:
+        """Give up a lease another host may hold now: cancel its build, report nothing."""
+        with self._lock:
+            cancel = self._cancel.get(lease)
+            self._forget(lease)
+        if cancel is not None:
+            print(
+                f"pythonbuild-builder: lost lease {lease[:8]} ({why}); cancelling its build",
+                file=self.out,
+                flush=True,
+            )
+            cancel.set()
+
+    def beat_once(self) -> None:
+        """One heartbeat per held lease; the lost ones are cancelled."""
+        for lease in self.held():
+            try:
+                if self.client.heartbeat(lease):
+                    with self._lock:
+                        if lease in self._answered:
+                            self._answered[lease] = time.monotonic()
+                    continue
+                self.lost(lease, "the proxy says it expired")
+            except CommandError as exc:
+                print(f"pythonbuild-builder: heartbeat: {exc}", file=self.out, flush=True)
+                with self._lock:
+                    answered = self._answered.get(lease)
+                # The proxy (if it is up) expired it by now: building on would only race
+                # whichever host it went to.
+                if answered is not None and time.monotonic() - answered > self.lease_timeout:
+                    self.lost(lease, f"no heartbeat answered for {self.lease_timeout:g}s")
+
     def start(self, interval: float) -> None:
         def beat() -> None:
             while not self._stop.wait(interval):
-                for lease in self.held():
-                    try:
-                        if not self.client.heartbeat(lease):
-                            # Expired (this host was unreachable too long): another host may
-                            # build it now, and our hand-in will be refused.
-                            print(f"pythonbuild-builder: lost lease {lease[:8]}", file=self.out)
-                            with self._lock:
-                                self._left.pop(lease, None)
-                    except CommandError as exc:
-                        print(f"pythonbuild-builder: heartbeat: {exc}", file=self.out)
+                self.beat_once()
 
         self._thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
         self._thread.start()
@@ -259,7 +302,9 @@ class RemoteJobs:
             got = self.client.claim(self.identifiers, limit=64)
             if got is None:
                 return
-            self.leases.add(got["lease"], got["project"], got["version"], got["identifiers"])
+            cancel = self.leases.add(
+                got["lease"], got["project"], got["version"], got["identifiers"]
+            )
             sdist = got["sdist"]
             recipe = got.get("recipe") or {}
             yield PlannedVersion(
@@ -277,6 +322,7 @@ class RemoteJobs:
                     test_command=str(recipe.get("test_command", "")),
                 ),
                 upstream_files=frozenset(got.get("upstream_files", ())),
+                cancel=cancel,
             )
 
 
@@ -326,7 +372,8 @@ def cmd_run(config: Config, rounds: int | None, out: TextIO) -> int:
         flush=True,
     )
     # Three heartbeats per lease_timeout: one lost request does not lose the lease.
-    leases.start(interval=max(0.1, float(_lease_timeout(client)) / 3))
+    leases.lease_timeout = _lease_timeout(client)
+    leases.start(interval=max(0.1, leases.lease_timeout / 3))
     try:
         return run_loop(
             builders,

@@ -5,6 +5,7 @@ the fake cibuildwheel (the configurable command), and a host killed mid-build.""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import signal
@@ -230,3 +231,77 @@ async def test_plan_and_status_on_a_build_host_show_the_servers(
     code, out = await run(pb, "--config", str(config), "plan", env=env)
     assert code == 1
     assert "refused the token (403" in out
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def _last_seen(doc: dict[str, Any], name: str) -> float:
+    [host] = [h for h in doc["hosts"] if h["name"] == name]
+    stamp = datetime.datetime.strptime(host["last_heartbeat"], "%Y-%m-%dT%H:%M:%SZ")
+    return stamp.replace(tzinfo=datetime.UTC).timestamp()
+
+
+@pytest.mark.slow
+async def test_a_host_that_lost_its_lease_kills_its_build_and_claims_again(
+    farm: Client, hosts: Callable[..., HostProcess], tmp_path: Path
+) -> None:
+    started, child = tmp_path / "started", tmp_path / "child"
+    frozen = hosts(
+        host_config(tmp_path, farm, "frozen"),
+        FAKE_CIBW_MODE="hang", FAKE_CIBW_STARTED=str(started), FAKE_CIBW_CHILD=str(child),
+    )  # fmt: skip
+    await frozen.start()
+    deadline = time.monotonic() + 120
+    while not (child.exists() and child.read_text()):
+        assert time.monotonic() < deadline, "the first host never started building"
+        await asyncio.sleep(0.1)
+    child_pid = int(child.read_text())
+    run_pid = os.getpgid(child_pid)  # the fake cibuildwheel leads its run's process group
+    [held] = [h for h in (await _status(farm))["hosts"] if h["name"] == "frozen"]
+    taken = {(j["version"], j["identifier"]) for j in held["current"]}
+    assert taken
+    assert frozen.proc is not None
+    # Cut off past lease_timeout (2 s): no heartbeats, while its cibuildwheel run goes on.
+    frozen.proc.send_signal(signal.SIGSTOP)
+    try:
+        other = hosts(host_config(tmp_path, farm, "other"))
+        await other.start()
+        await _until(
+            farm,
+            lambda doc: all(_statuses(doc)[job] == "built" for job in taken),
+            "the other host built the jobs of the expired lease",
+        )
+        assert _alive(run_pid) and _alive(child_pid)  # the two hosts built these jobs at once
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+    # Its next heartbeat is answered 409: it kills its run (the whole group) and goes on.
+    deadline = time.monotonic() + 60
+    while _alive(run_pid) or _alive(child_pid):
+        assert time.monotonic() < deadline, "the host that lost its lease kept building"
+        await asyncio.sleep(0.1)
+    gone_at = time.time()
+    await _until(
+        farm,
+        lambda doc: _last_seen(doc, "frozen") >= gone_at + 1,
+        "the host that lost its lease claims again",
+    )
+    assert (frozen.proc.returncode, other.proc and other.proc.returncode) == (None, None)
+    code, out = await frozen.stop()
+    assert code == 0, out
+    assert "lost lease" in out and "cancelled (not a failure)" in out, out
+    code, out = await other.stop()
+    assert code == 0, out
+    wheels = _manifest(tmp_path)
+    assert len(wheels) == 4
+    assert {w["origin"]["host"] for w in wheels.values()} == {"other"}
+    doc = await _status(farm)
+    assert set(_statuses(doc).values()) == {"built"}  # the cancel was recorded as no failure
+    staging = tmp_path / "frozen" / "work" / "staging"
+    assert not staging.exists() or list(staging.iterdir()) == []
