@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from proxy.server.filestore import FileStore
 from tests.conftest import ProxyFactory
 from tests.dists import Dist, make_wheel
 from tests.test_files import fetch, files_dir, stored
@@ -99,3 +101,41 @@ async def test_a_cached_file_behind_a_symlinked_folder_is_not_read_through(
     assert upstream.requests[path] == 2  # fetched again, not read through the link
     assert (outside / wheel.sha256).read_bytes() == wheel.content  # and nothing deleted there
     assert not bucket.is_symlink()
+
+
+def _store_one(root: Path, content: bytes) -> tuple[FileStore, str]:
+    store = FileStore(root, None)
+    store.open()
+    sha = hashlib.sha256(content).hexdigest()
+    partial = store.begin(sha)
+    partial.write(content)
+    partial.hash(content)
+    store.commit(partial, len(content))
+    os.close(partial.fd)
+    return store, sha
+
+
+def test_a_hot_hit_skips_the_thread_but_never_a_changed_file(tmp_path: Path) -> None:
+    content = b"x" * 54_000
+    store, sha = _store_one(tmp_path / "files", content)
+    assert store.recently_checked(sha) is None  # never looked up: the full check first
+    held = store.lookup(sha)
+    assert held is not None
+    store.release(sha)
+    hot = store.recently_checked(sha)  # checked just now: one lstat, no hashing
+    assert hot is not None and hot.path == held.path and hot.size == len(content)
+    store.release(sha)
+    # Changed on disk (size and mtime): the hot path declines, lookup() looks closer.
+    held.path.write_bytes(b"y" * 54_001)
+    assert store.recently_checked(sha) is None
+    assert store.lookup(sha) is None  # not its sha256: forgotten and removed
+    assert not held.path.exists()
+    # A file replaced by a symlink to the same bytes: declined too.
+    store2, sha2 = _store_one(tmp_path / "files2", content)
+    assert store2.lookup(sha2) is not None
+    target = tmp_path / "elsewhere"
+    target.write_bytes(content)
+    path = store2.path(sha2)
+    path.unlink()
+    path.symlink_to(target)
+    assert store2.recently_checked(sha2) is None

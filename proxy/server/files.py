@@ -211,7 +211,7 @@ class Files:
 
     async def _from_disk(self, sha256: str, cache: CacheStatus) -> OnDisk | None:
         store = self._store
-        held = await asyncio.to_thread(store.lookup, sha256)
+        held = store.recently_checked(sha256) or await asyncio.to_thread(store.lookup, sha256)
         if held is None:
             return None
         counter = self._metrics.file_bytes

@@ -40,6 +40,9 @@ from proxy.diskfile import HASH_CHUNK, CachedFile, is_sha256
 log = logging.getLogger(__name__)
 
 ATIME_GRANULARITY_NS = 60 * 10**9  # persist recency at most once a minute per file
+# A hit within this long of the file's last check on disk skips the check (and the
+# thread hop it needs): a hot file is re-checked once a second, not per request.
+RECHECK_NS = 10**9
 FILES, TMP = "sha256", "tmp"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
@@ -86,6 +89,7 @@ class _Entry:
     signature: tuple[int, int, int] | None = None  # (ino, size, mtime_ns) last verified
     pins: int = 0
     touched_ns: int = 0
+    checked_ns: int = 0  # when lookup() last checked the file on disk against `signature`
 
 
 class FileStore:
@@ -232,6 +236,7 @@ class FileStore:
                 if digest != sha256 or inode != st.st_ino:
                     raise OSError(f"{path} does not match its sha256")
                 entry.signature = signature
+            entry.checked_ns = time.monotonic_ns()
         except OSError as exc:
             log.warning("file cache: %s; fetching it again", exc)
             self._on_corrupt()
@@ -242,6 +247,32 @@ class FileStore:
             return None
         self._touch(sha256, entry)
         return CachedFile(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+    def recently_checked(self, sha256: str) -> CachedFile | None:
+        """The file, pinned, if lookup() checked it within RECHECK_NS and one lstat shows
+        it unchanged since (the same signature, still a regular file); else None (then
+        call lookup(), in a thread). A hot file's hit needs no thread hop: one lstat of
+        an inode the kernel holds costs less than the hop; the folder checks and the
+        rest are at most RECHECK_NS old."""
+        now = time.monotonic_ns()
+        with self._lock:
+            entry = self._index.get(sha256)
+            if entry is None or entry.signature is None or now - entry.checked_ns > RECHECK_NS:
+                return None
+            signature = entry.signature
+        path = f"{self._files_str}/{sha256[:2]}/{sha256}"
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or (st.st_ino, st.st_size, st.st_mtime_ns) != signature:
+            return None  # changed on disk: lookup() looks closer
+        with self._lock:
+            if self._index.get(sha256) is not entry:
+                return None  # evicted or forgotten meanwhile
+            entry.pins += 1
+            self._index.move_to_end(sha256)
+        return CachedFile(path=Path(path), size=st.st_size, mtime_ns=st.st_mtime_ns)
 
     def held(self) -> tuple[int, int]:
         """(files, bytes) held now."""
