@@ -33,7 +33,7 @@ from proxy.server import pagecodec
 from proxy.server.lru import ByteLRU
 from proxy.server.metrics import Metrics
 from proxy.server.singleflight import SingleFlight
-from proxy.server.sizeof import deep_size
+from proxy.server.sizeof import page_size
 from proxy.server.upstream import PageResponse, Upstream, UpstreamError, Validators
 from proxy.server.xcache import CacheStatus
 from proxy.simple.model import ProjectPage
@@ -245,7 +245,7 @@ class PageCache:
             validators=Validators(etag=fresh.etag, last_modified=fresh.last_modified),
             serial=fresh.serial,
             generation=next(self._generations),
-            size=deep_size(page),
+            size=page_size(page) if page is not None else 0,
         )
 
 
@@ -280,4 +280,4 @@ def _parse(resp: PageResponse, name: str) -> tuple[ProjectPage, bytes, int]:
         page = dataclasses.replace(page, name=name)
     if resp.serial is not None and page.last_serial is None:
         page = dataclasses.replace(page, last_serial=resp.serial)
-    return page, pagecodec.encode_page(page), deep_size(page)
+    return page, pagecodec.encode_page(page), page_size(page)
