@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from proxy.config import load_config
 from proxy.wheelhouse.demand import ClientPlatform, DemandQueue
 from tests.buildenv import BuildEnv, load_buildenv
 from tests.cext import make_cext_sdist
-from tests.conftest import BIN, ProxyFactory, client_env, run
+from tests.conftest import BIN, ProxyFactory, ProxyProcess, client_env, run, write_config
 from tests.upstream import FixtureUpstream
 
 pytestmark = pytest.mark.realbuild
@@ -289,3 +290,86 @@ async def test_an_image_that_cannot_be_pulled_is_an_infrastructure_failure(
     code, out = await builder(config, environ, "retry", "yamlext==5.0")
     assert code == 0, out
     assert json.loads((tmp_path / "proxy" / "work" / "state.json").read_text())["failures"] == {}
+
+
+async def test_a_remote_build_host_builds_with_real_cibuildwheel_and_hands_in_over_http(
+    proxy_process: Callable[..., ProxyProcess],
+    upstream: FixtureUpstream,
+    tmp_path: Path,
+    buildenv: BuildEnv,
+) -> None:
+    sdist = make_cext_sdist("yamlext", "6.0")
+    upstream.add("yamlext", sdist)
+    proxy_config = write_config(tmp_path / "proxy", upstream.url, projects=("yamlext",))
+    with proxy_config.open("a") as fh:  # the farm's plan: what the proxy hands out
+        fh.write("[builder]\npythons = cp311\nplatforms = manylinux_x86_64\n")
+    index = await proxy_process(proxy_config).start()  # http://127.0.0.1:PORT/simple/
+    url = index.removesuffix("simple/")
+    environ = builder_env(tmp_path, buildenv)
+    proc = await asyncio.create_subprocess_exec(
+        str(BIN / "pythonbuild-proxy"), "--config", str(proxy_config),
+        "token", "create", "x86-box", "--scope", "build",
+        env=environ, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    token, errors = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, errors.decode()
+    [token_line] = token.decode().splitlines()  # the token, alone on stdout
+
+    # The build host: its own folder and config, the proxy's URL and a token, no wheelhouse.
+    host = tmp_path / "x86-box"
+    host.mkdir()
+    (host / "token").write_text(token_line + "\n")
+    host_config = host / "config.ini"
+    host_config.write_text(
+        "[builder]\n"
+        f"server = {url}\n"
+        "token_file = token\n"
+        "work_dir = work\n"
+        # --network=host: the container reaches the proxy (its index) on 127.0.0.1.
+        "container_engine = docker; create_args: --network=host\n"
+        "build_timeout = 1200\n"
+        f"manylinux_x86_64_image = {buildenv.image_x86_64}\n"
+    )
+    load_config(host_config)
+    code, out = await builder(host_config, environ, "run", "--rounds", "1")
+    assert code == 0, out
+    assert "cp311-manylinux_x86_64: published yamlext-6.0-cp311-cp311-manylinux" in out, out
+
+    folder = tmp_path / "proxy" / "wheelhouse" / "yamlext"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    [(filename, entry)] = manifest["wheels"].items()
+    origin = entry["origin"]
+    assert origin["host"] == "x86-box"
+    assert origin["engine"].startswith("cibuildwheel ")
+    assert origin["engine"] != "cibuildwheel (version unknown)"
+    assert origin["sdist_sha256"] == sdist.sha256
+    assert origin["image"] == buildenv.image_x86_64
+    with zipfile.ZipFile(folder / filename) as wheel:
+        assert any("libyaml" in name for name in wheel.namelist()), "auditwheel grafted libyaml"
+    assert not (host / "wheelhouse").exists() and not (host / "var").exists()
+    code, out = await run("curl", "-fsS", f"{url}api/v1/status", env=environ)
+    assert code == 0, out
+    status = json.loads(out)
+    assert [(c["identifier"], c["status"]) for c in status["matrix"]] == [
+        ("cp311-manylinux_x86_64", "built")
+    ]
+    assert [(h["name"], h["current"]) for h in status["hosts"]] == [("x86-box", [])]
+
+    venv = tmp_path / "venv"
+    code, out = await run(sys.executable, "-m", "venv", str(venv), env=environ)
+    assert code == 0, out
+    code, out = await run(
+        str(venv / "bin" / "python"), "-m", "pip", "install", "--no-cache-dir",
+        "--only-binary=:all:", "--index-url", f"{url}simple/", "yamlext==6.0",
+        env=environ,
+    )  # fmt: skip
+    assert code == 0, out
+    assert filename in out, out  # the wheel the build host handed in, from the proxy
+    code, out = await run(
+        str(venv / "bin" / "python"),
+        "-c",
+        "import yamlext_ext; print(yamlext_ext.yaml_version())",
+        env=environ,
+    )
+    assert code == 0, out
+    assert out.strip().startswith("0."), out

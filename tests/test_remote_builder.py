@@ -5,6 +5,7 @@ the fake cibuildwheel (the configurable command), and a host killed mid-build.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -22,7 +23,7 @@ from aiohttp.web import Application, Request
 from proxy.config import load_config
 from proxy.server.app import create_app
 from proxy.wheelhouse.tokens import TokenFile
-from tests.conftest import BIN, AiohttpClient, client_env, run, write_config
+from tests.conftest import BIN, AiohttpClient, ProxyProcess, client_env, run, write_config
 from tests.dists import make_sdist
 from tests.test_builder import FAKE
 from tests.upstream import FixtureUpstream
@@ -42,7 +43,7 @@ async def farm(aiohttp_client: AiohttpClient, upstream: FixtureUpstream, tmp_pat
     return await aiohttp_client(create_app(load_config(path)))
 
 
-def host_config(tmp_path: Path, client: Client, name: str) -> Path:
+def host_config(tmp_path: Path, server: Client | str, name: str) -> Path:
     """A build host's own folder and config: a server, a token, no wheelhouse."""
     folder = tmp_path / name
     folder.mkdir()
@@ -54,7 +55,7 @@ def host_config(tmp_path: Path, client: Client, name: str) -> Path:
     config = folder / "config.ini"
     config.write_text(
         "[builder]\n"
-        f"server = {client.make_url('/')}\n"
+        f"server = {server if isinstance(server, str) else server.make_url('/')}\n"
         "token_file = token\n"
         "work_dir = work\n"
         f"cibuildwheel = {sys.executable} {FAKE}\n"
@@ -72,6 +73,7 @@ class HostProcess:
         self.env = client_env(config.parent / "home")
         self.env.update(FAKE_CIBW_RECORD=str(self.record), **fake)
         self.proc: asyncio.subprocess.Process | None = None
+        self.runs: list[int] = []  # process groups of its cibuildwheel runs, killed at the end
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
@@ -113,6 +115,9 @@ async def hosts() -> AsyncIterator[Callable[..., HostProcess]]:
         if host.proc is not None and host.proc.returncode is None:
             host.proc.kill()
             await host.proc.wait()
+        for group in host.runs:  # a failed test leaves no hanging fake behind
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
 
 
 async def _status(client: Client) -> dict[str, Any]:
@@ -264,6 +269,7 @@ async def test_a_host_that_lost_its_lease_kills_its_build_and_claims_again(
         await asyncio.sleep(0.1)
     child_pid = int(child.read_text())
     run_pid = os.getpgid(child_pid)  # the fake cibuildwheel leads its run's process group
+    frozen.runs.append(run_pid)
     [held] = [h for h in (await _status(farm))["hosts"] if h["name"] == "frozen"]
     taken = {(j["version"], j["identifier"]) for j in held["current"]}
     assert taken
@@ -304,4 +310,45 @@ async def test_a_host_that_lost_its_lease_kills_its_build_and_claims_again(
     doc = await _status(farm)
     assert set(_statuses(doc).values()) == {"built"}  # the cancel was recorded as no failure
     staging = tmp_path / "frozen" / "work" / "staging"
+    assert not staging.exists() or list(staging.iterdir()) == []
+
+
+@pytest.mark.slow
+async def test_a_host_cut_off_from_the_proxy_kills_its_build_after_lease_timeout(
+    proxy_process: Callable[..., ProxyProcess],
+    upstream: FixtureUpstream,
+    hosts: Callable[..., HostProcess],
+    tmp_path: Path,
+) -> None:
+    upstream.add("demo", make_sdist("demo", "1.0"))
+    path = write_config(tmp_path / "proxy", upstream.url, projects=("demo",), lease_timeout=2)
+    with path.open("a") as fh:
+        fh.write("[builder]\npythons = cp311\nplatforms = manylinux_x86_64\n")
+    proxy = proxy_process(path)
+    server = (await proxy.start()).removesuffix("simple/")
+    started, child = tmp_path / "started", tmp_path / "child"
+    host = hosts(
+        host_config(tmp_path, server, "cut-off"),
+        FAKE_CIBW_MODE="hang", FAKE_CIBW_STARTED=str(started), FAKE_CIBW_CHILD=str(child),
+    )  # fmt: skip
+    await host.start()
+    deadline = time.monotonic() + 120
+    while not (child.exists() and child.read_text()):
+        assert time.monotonic() < deadline, "the host never started building"
+        await asyncio.sleep(0.1)
+    child_pid = int(child.read_text())
+    run_pid = os.getpgid(child_pid)
+    host.runs.append(run_pid)
+    assert proxy.proc is not None
+    proxy.kill()  # the proxy is gone: every heartbeat from now on fails to connect
+    await proxy.proc.wait()
+    deadline = time.monotonic() + 60
+    while _alive(run_pid) or _alive(child_pid):
+        assert time.monotonic() < deadline, "the host kept building with its lease expired"
+        await asyncio.sleep(0.1)
+    code, out = await host.stop()
+    assert code == 0, out
+    assert "lost lease" in out and "no heartbeat answered for 2s" in out, out
+    assert "cancelled (not a failure)" in out, out
+    staging = tmp_path / "cut-off" / "work" / "staging"
     assert not staging.exists() or list(staging.iterdir()) == []

@@ -14,10 +14,13 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
+from packaging.utils import canonicalize_name
 
 from builder.state import BuildState
 from proxy.server.keys import CONFIG
 from proxy.server.status import size
+from proxy.wheelhouse.intake import publish_checked
+from proxy.wheelhouse.store import Wheelhouse
 from proxy.wheelhouse.tokens import TokenFile
 from tests.browser import Dom, dump_dom, links, screenshot, text_of
 from tests.conftest import ProxyFactory, client_env, run
@@ -68,6 +71,17 @@ async def set_the_scene(client: Client, tmp_path: Path) -> dict[str, str]:
         })},
     ) as r:  # fmt: skip
         assert r.status == 200, await r.text()
+    # Built by the local builder: published into the wheelhouse with the builder's origin.
+    local_wheel = make_wheel("demo", "1.0", "cp310-cp310-manylinux_2_17_aarch64")
+    incoming = tmp_path / "incoming" / local_wheel.filename
+    incoming.parent.mkdir(parents=True)
+    incoming.write_bytes(local_wheel.content)
+    publish_checked(
+        wheelhouse=Wheelhouse(config.wheelhouse.path), path=incoming, supported=config.projects,
+        upstream_files=lambda _name: frozenset(), expect=(canonicalize_name("demo"), "1.0"),
+        origin={"kind": "built", "engine": "cibuildwheel 3.1.4", "test": "passed",
+                "identifier": "cp310-manylinux_aarch64", "log": "/var/builder/logs/x.log"},
+    )  # fmt: skip
     # Failed on a build host, reported with a long log through the jobs API.
     flaky = host(client, "arm-flaky")
     status, lease = await flaky.claim("cp313-manylinux_aarch64")
@@ -124,6 +138,9 @@ async def test_the_project_page_in_a_browser(
     for shown in ("cibuildwheel 3.1.4", "quay.io/pypa/manylinux_2_28_aarch64", "arm-box",
                   "passed", "93.5", scene["sha256"]):  # fmt: skip
         assert shown in built, (shown, built)
+    mine = cell(dom, "1.0", "cp310-manylinux_aarch64")
+    assert mine.startswith("built here") and "this host (the local builder)" in mine, mine
+    assert "/var/builder/logs" not in mine  # a path of the build host: left out
     assert cell(dom, "1.0", "cp313-manylinux_x86_64").startswith("upstream ships it")
     assert "demo-1.0-cp313-cp313-manylinux_2_17_x86_64.whl" in cell(
         dom, "1.0", "cp313-manylinux_x86_64"
@@ -144,9 +161,10 @@ async def test_the_project_page_in_a_browser(
     # Every link in the matrix resolves: the wheel (our bytes), the logs (plain text).
     hrefs = links(dom.one("table", id="matrix"))
     wheel_links = [h for h in hrefs if h.startswith("/files/")]
-    assert wheel_links == [f"/files/demo/{scene['wheel']}"]
-    async with client.get(wheel_links[0]) as r:
-        assert r.status == 200 and r.headers["X-Cache"] == "LOCAL"
+    assert f"/files/demo/{scene['wheel']}" in wheel_links and len(wheel_links) == 2
+    for href in wheel_links:
+        async with client.get(href) as r:
+            assert r.status == 200 and r.headers["X-Cache"] == "LOCAL"
     log_links = [h for h in hrefs if "/logs/" in h]
     assert len(log_links) == 2, hrefs
     texts = {}

@@ -196,6 +196,8 @@ def provenance(wheel: LocalWheel) -> dict[str, str]:
     for key, label in PROVENANCE_KEYS:
         if key in origin:
             shown[label] = str(origin.pop(key))
+    if wheel.origin.get("kind") == "built" and "host" not in shown:
+        shown["host"] = "this host (the local builder)"  # a build host's name is in its origin
     origin.pop("log", None)  # a path on the build host: says nothing here
     for key, value in sorted(origin.items()):
         shown[str(key)] = str(value)
