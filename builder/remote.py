@@ -73,6 +73,7 @@ class FarmClient:
         path: str,
         body: bytes | BinaryIO | None = None,
         headers: Mapping[str, str] | None = None,
+        timeout: float = TIMEOUT,
     ) -> tuple[int, bytes]:
         request = urllib.request.Request(
             urljoin(self.server, path),
@@ -81,17 +82,19 @@ class FarmClient:
             headers={**self._headers, **(headers or {})},
         )
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
         except (urllib.error.URLError, OSError) as exc:
             raise FarmUnavailable(f"{self.server}: {getattr(exc, 'reason', exc)}") from None
 
-    def _json(self, method: str, path: str, doc: object | None = None) -> tuple[int, Any]:
+    def _json(
+        self, method: str, path: str, doc: object | None = None, timeout: float = TIMEOUT
+    ) -> tuple[int, Any]:
         body = json.dumps(doc).encode() if doc is not None else None
         status, data = self._call(
-            method, path, body, {"Content-Type": "application/json"} if body else None
+            method, path, body, {"Content-Type": "application/json"} if body else None, timeout
         )
         if status in (401, 403):
             raise CommandError(f"the proxy refused the token ({status}: {_line(data)})")
@@ -112,9 +115,9 @@ class FarmClient:
             raise FarmUnavailable(f"claim answered {status}: {doc}")
         return dict(doc)
 
-    def heartbeat(self, lease: str) -> bool:
+    def heartbeat(self, lease: str, timeout: float = TIMEOUT) -> bool:
         """Whether the lease is still this host's; FarmUnavailable when nobody answered."""
-        status, _ = self._json("POST", f"api/v1/leases/{quote(lease)}/heartbeat")
+        status, _ = self._json("POST", f"api/v1/leases/{quote(lease)}/heartbeat", None, timeout)
         return status == 200
 
     def release(self, lease: str) -> None:
@@ -249,7 +252,8 @@ class Leases:
         """One heartbeat per held lease; the lost ones are cancelled."""
         for lease in self.held():
             try:
-                if self.client.heartbeat(lease):
+                # A proxy that hangs must not hold the next beats (and the cancel) back.
+                if self.client.heartbeat(lease, timeout=min(TIMEOUT, self.lease_timeout / 3)):
                     with self._lock:
                         if lease in self._answered:
                             self._answered[lease] = time.monotonic()

@@ -314,11 +314,13 @@ async def test_a_host_that_lost_its_lease_kills_its_build_and_claims_again(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("cut", ["dead", "hung"])
 async def test_a_host_cut_off_from_the_proxy_kills_its_build_after_lease_timeout(
     proxy_process: Callable[..., ProxyProcess],
     upstream: FixtureUpstream,
     hosts: Callable[..., HostProcess],
     tmp_path: Path,
+    cut: str,
 ) -> None:
     upstream.add("demo", make_sdist("demo", "1.0"))
     path = write_config(tmp_path / "proxy", upstream.url, projects=("demo",), lease_timeout=2)
@@ -340,12 +342,19 @@ async def test_a_host_cut_off_from_the_proxy_kills_its_build_after_lease_timeout
     run_pid = os.getpgid(child_pid)
     host.runs.append(run_pid)
     assert proxy.proc is not None
-    proxy.kill()  # the proxy is gone: every heartbeat from now on fails to connect
-    await proxy.proc.wait()
-    deadline = time.monotonic() + 60
-    while _alive(run_pid) or _alive(child_pid):
-        assert time.monotonic() < deadline, "the host kept building with its lease expired"
-        await asyncio.sleep(0.1)
+    if cut == "dead":  # every heartbeat from now on fails to connect
+        proxy.kill()
+        await proxy.proc.wait()
+    else:  # every heartbeat from now on connects and is never answered
+        proxy.proc.send_signal(signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 60
+        while _alive(run_pid) or _alive(child_pid):
+            assert time.monotonic() < deadline, "the host kept building with its lease expired"
+            await asyncio.sleep(0.1)
+    finally:
+        if cut == "hung":
+            proxy.proc.send_signal(signal.SIGCONT)
     code, out = await host.stop()
     assert code == 0, out
     assert "lost lease" in out and "no heartbeat answered for 2s" in out, out
