@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from html.parser import HTMLParser
 from pathlib import Path
 
 import aiohttp
 import ijson
 import pytest
+from packaging.utils import InvalidName, canonicalize_name
 
-from proxy.server.rootindex import _AnchorTexts, _HtmlNames, _JsonNames
+from proxy.server.rootindex import _AnchorTexts, _HtmlNames, _JsonNames, _RootWriter
+from proxy.server.upstream import Validators
 from proxy.simple.parse import PageFormatError
 from tests.conftest import ProxyFactory
 from tests.test_pages import JSON_V1, PIP_ACCEPT, anchors
@@ -362,3 +365,64 @@ def test_html_root_fast_scan_finds_the_names_html_parser_finds(case: str, chunk:
     expected = _html_parser_names(body)
     assert len(expected) >= 3000
     assert _html_names(body, chunk) == expected
+
+
+ROOT_NAMES = [
+    "Django",
+    "zope.interface",
+    "a__b",
+    "a-_.-b",
+    "x--y",
+    "plain-name",
+    "UPPER_CASE.Name",
+    "\u017fomething",  # long s: packaging's IGNORECASE pattern takes it
+    "\u212aelvin",  # Kelvin sign, likewise
+    "bad name",
+    "-leading",
+    "trailing-",
+    "ünïcode",
+    "9",
+]
+
+
+@pytest.mark.parametrize("shape", ["all valid", "mixed"])
+def test_root_names_are_normalized_in_bulk_as_canonicalize_name_does(
+    tmp_path: Path, shape: str
+) -> None:
+    names = [*ROOT_NAMES[:7], "9"] if shape == "all valid" else ROOT_NAMES
+    writer = _RootWriter(tmp_path, JSON_V1, None)
+    projects = [{"name": n} for n in names]
+    writer.feed(json.dumps({"meta": {"api-version": "1.1"}, "projects": projects}).encode())
+    generation = writer.finish(0.0, Validators())
+    expected = []
+    for name in names:
+        try:
+            expected.append((canonicalize_name(name, validate=True), name))
+        except InvalidName:
+            continue
+    assert anchors_of(generation.html.read_text()) == expected
+    assert [p["name"] for p in json.loads(generation.json.read_text())["projects"]] == [
+        n for _, n in expected
+    ]
+
+
+def anchors_of(text: str) -> list[tuple[str, str]]:
+    parser = _HrefTexts()
+    parser.feed(text)
+    return parser.pairs
+
+
+class _HrefTexts(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pairs: list[tuple[str, str]] = []
+        self._href: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._href = (dict(attrs).get("href") or "").removesuffix("/")
+
+    def handle_data(self, data: str) -> None:
+        if self._href is not None:
+            self.pairs.append((self._href, data))
+            self._href = None

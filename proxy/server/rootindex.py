@@ -56,6 +56,15 @@ META_NAME = "meta.json"
 POINTER = "current"
 
 
+# packaging's valid-name pattern (without IGNORECASE, so ASCII only), names one per line;
+# and its canonicalize_name substitution.
+_VALID_NAMES = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?(?:\n[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)*+"
+)
+# Only the runs it changes: any holding "_" or ".", or more than one "-".
+_SEPARATORS = re.compile(r"(?:-(?=[-_.])|[_.])[-_.]*")
+
+
 def _canonical(name: str) -> str | None:
     try:
         return canonicalize_name(name, validate=True)
@@ -363,9 +372,18 @@ class _RootWriter:
         # already normalized (one regex call, where canonicalize_name would be most
         # of a root's cost); only the others go through canonicalize_name, and the
         # invalid ones (no client could ask for them) are dropped.
-        normalized: list[str | None] = [
-            name if is_normalized_name(name) else _canonical(name) for name in names
-        ]
+        if not names:
+            return
+        joined = "\n".join(names)
+        normalized: list[str | None]
+        if joined.count("\n") == len(names) - 1 and _VALID_NAMES.fullmatch(joined):
+            # Every name valid (plain ASCII): canonicalize_name's own substitution and
+            # lowercasing, once over the lot, in C.
+            if "_" in joined or "." in joined or "--" in joined:  # memchr-fast; sub is not
+                joined = _SEPARATORS.sub("-", joined)
+            normalized = list(joined.lower().split("\n"))
+        else:
+            normalized = [name if is_normalized_name(name) else _canonical(name) for name in names]
         if None in normalized:
             kept = [(n, c) for n, c in zip(names, normalized, strict=True) if c is not None]
             names = [n for n, _ in kept]
@@ -482,11 +500,10 @@ class _HtmlNames:
                 cut = 0
             stretch = text[:cut]
             if _PLAIN_STRETCH.fullmatch(stretch):
-                names = [
-                    name
-                    for label in _ANCHOR_TEXT.findall(stretch)
-                    if (name := (html.unescape(label) if "&" in label else label).strip())
-                ]
+                labels = _ANCHOR_TEXT.findall(stretch)
+                if "&" in stretch:
+                    labels = [html.unescape(label) if "&" in label else label for label in labels]
+                names = list(filter(None, map(str.strip, labels)))
                 self._pending = text[cut:]
                 if len(self._pending) <= _PENDING_LIMIT:
                     return names

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packaging.tags import Tag
 from packaging.utils import InvalidWheelFilename, NormalizedName, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from proxy.buildplan.failures import Failure
 from proxy.buildplan.plan import Job, Skip, Skipped, plan
-from proxy.buildplan.tags import installs_on
+from proxy.buildplan.tags import tags_install_on
 from proxy.config import Config
 from proxy.platforms import Identifier
 from proxy.server import buildlogs
@@ -33,6 +34,8 @@ from proxy.simple.names import InvalidProjectName, project_name
 from proxy.wheelhouse.demand import BuildRequest, DemandQueue
 from proxy.wheelhouse.farmdb import HostSeen, Lease
 from proxy.wheelhouse.store import LocalWheel, Wheelhouse
+
+QUEUE_SHOWN = 200  # rows of the build queue on the page; the rest are counted
 
 
 class LogNotFound(Exception):
@@ -123,7 +126,8 @@ class Overview:
     cache: CacheFigures
     upstream: Health
     upstream_url: str
-    queue: list[BuildRequest]
+    queue: list[BuildRequest]  # the most asked first, at most QUEUE_SHOWN
+    queue_total: int
     hosts: list[HostRow]
     lease_timeout: float
 
@@ -229,11 +233,15 @@ def classify(
         for i in lease.identifiers
     }
     cells: dict[tuple[str, str], Cell] = {}
+    # Each file's version parsed once, not once per cell.
+    local_by_version = _by_version(sorted(wheels))
+    upstream_by_version = _by_version(upstream_files)
     items: list[Job | Skipped] = [*result.jobs, *result.skipped]
     for item in items:
         cells[(item.version, item.identifier)] = _cell(
-            item, config, wheels, upstream_files, failures, held, since, now
-        )
+            item, config, wheels, local_by_version, upstream_by_version, failures, held, since,
+            now,
+        )  # fmt: skip
     counts: dict[str, int] = {}
     for cell in cells.values():
         counts[cell.kind] = counts.get(cell.kind, 0) + 1
@@ -250,7 +258,8 @@ def _cell(
     item: Job | Skipped,
     config: Config,
     wheels: Mapping[str, LocalWheel],
-    upstream_files: Sequence[str],
+    local_by_version: Mapping[str, Sequence[Tagged]],
+    upstream_by_version: Mapping[str, Sequence[Tagged]],
     failures: buildlogs.AllFailures,
     held: Mapping[tuple[str, str, str], str],
     since: Mapping[tuple[str, str, str], float],
@@ -287,16 +296,16 @@ def _cell(
     except ValueError:  # pragma: no cover - the planner made it from one
         return Cell(kind="impossible", label="impossible", detail=item.reason)
     if item.kind is Skip.BUILT:
-        mine = [w for f, w in sorted(wheels.items()) if _version_of(f) == item.version
-                and installs_on(f, identifier)]  # fmt: skip
+        mine = [wheels[f] for f, tags in local_by_version.get(item.version, ())
+                if tags_install_on(tags, identifier)]  # fmt: skip
         wheel = mine[0] if mine else None
         return Cell(
             kind="built", label="built here", wheel=wheel,
             provenance=provenance(wheel) if wheel is not None else {},
         )  # fmt: skip
     if item.kind is Skip.UPSTREAM:
-        theirs = [f for f in upstream_files if _version_of(f) == item.version
-                  and installs_on(f, identifier)]  # fmt: skip
+        theirs = [f for f, tags in upstream_by_version.get(item.version, ())
+                  if tags_install_on(tags, identifier)]  # fmt: skip
         return Cell(kind="upstream", label="upstream ships it",
                     upstream_file=theirs[0] if theirs else "")  # fmt: skip
     if item.kind in (Skip.BACKOFF, Skip.PERMANENT) and found is not None:
@@ -309,11 +318,18 @@ def _cell(
     return Cell(kind="impossible", label="impossible", detail=item.reason)
 
 
-def _version_of(filename: str) -> str:
-    try:
-        return str(parse_wheel_filename(filename)[1])
-    except (InvalidWheelFilename, InvalidVersion):
-        return ""
+Tagged = tuple[str, frozenset[Tag]]  # a wheel's filename and its tags
+
+
+def _by_version(filenames: Sequence[str]) -> dict[str, list[Tagged]]:
+    grouped: dict[str, list[Tagged]] = {}
+    for filename in filenames:
+        try:
+            _, version, _, tags = parse_wheel_filename(filename)
+        except (InvalidWheelFilename, InvalidVersion):
+            continue
+        grouped.setdefault(str(version), []).append((filename, tags))
+    return grouped
 
 
 # -- the component ----------------------------------------------------------------------
@@ -370,7 +386,8 @@ class Status:
             cache=cache,
             upstream=self._upstream.health,
             upstream_url=str(self._config.proxy.upstream),
-            queue=queue,
+            queue=queue[:QUEUE_SHOWN],
+            queue_total=len(queue),
             hosts=[
                 HostRow(
                     name=h.name,

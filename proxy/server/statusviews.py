@@ -50,15 +50,19 @@ def setup(app: web.Application) -> None:
     env.globals.update(when=when, ago=ago, size=size, percent=percent, log_url=log_url)
 
 
-def _render(name: str, request: web.Request, context: dict[str, Any]) -> web.Response:
-    response = aiohttp_jinja2.render_template(name, request, context)
-    response.headers.update(HTML_HEADERS)
-    return response
+async def _render(name: str, request: web.Request, context: dict[str, Any]) -> web.Response:
+    """The template rendered in a thread (a project's matrix can be thousands of cells: not
+    on the event loop); aiohttp-jinja2's environment, rendering is thread-safe."""
+    template = aiohttp_jinja2.get_env(request.app).get_template(name)
+    body = await asyncio.to_thread(template.render, context)
+    return web.Response(text=body, content_type="text/html", charset="utf-8",
+                        headers=HTML_HEADERS)  # fmt: skip
 
 
 async def index(request: web.Request) -> web.StreamResponse:
     overview = await request.app[STATUS].overview()
-    return _render("index.html", request, {"o": overview, "generated": when(overview.generated_at)})
+    context = {"o": overview, "generated": when(overview.generated_at)}
+    return await _render("index.html", request, context)
 
 
 async def project(request: web.Request) -> web.StreamResponse:
@@ -67,7 +71,7 @@ async def project(request: web.Request) -> web.StreamResponse:
     if request.match_info["project"] != name:
         raise web.HTTPMovedPermanently(f"/status/{name}/")
     matrix = await status.matrix(name)
-    return _render("project.html", request, {"m": matrix, "generated": when(time.time())})
+    return await _render("project.html", request, {"m": matrix, "generated": when(time.time())})
 
 
 async def project_slash(request: web.Request) -> web.StreamResponse:
