@@ -39,6 +39,7 @@ from proxy.wheelhouse.store import Manifest, Wheelhouse
 
 # Beside each body: its ETag, the key and the memo's own bookkeeping.
 _ENTRY_OVERHEAD = 512
+_GZIP_ASKED_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,9 @@ class Pages:
         self._upstream = upstream
         self._memo: ByteLRU[MemoKey, Rendered] = ByteLRU(memo_budget)
         self._compressing: dict[MemoKey, asyncio.Task[None]] = {}
+        # Renderings asked for gzipped once: the second ask makes the copy, so a page
+        # fetched once (a cold `pip download`) never pays for it. Bounded by clearing.
+        self._gzip_asked: set[MemoKey] = set()
 
     async def close(self) -> None:
         for task in self._compressing.values():
@@ -149,11 +153,20 @@ class Pages:
             rendered = await asyncio.to_thread(_render, page, name, fmt.is_json)
             self._memo.put(key, rendered, len(rendered.body) + _ENTRY_OVERHEAD)
         if offers_gzip and rendered.gzip is None and key not in self._compressing:
-            # Not on this request's path: it gets the plain body, later ones the gzip.
-            task = asyncio.ensure_future(self._compress(key, rendered))
-            self._compressing[key] = task
-            task.add_done_callback(lambda _: self._compressing.pop(key, None))
+            self._want_gzip(key, rendered)
         return self._value(rendered, fmt, result, failure, upstream is None)
+
+    def _want_gzip(self, key: MemoKey, rendered: Rendered) -> None:
+        if key not in self._gzip_asked:
+            if len(self._gzip_asked) >= _GZIP_ASKED_MAX:
+                self._gzip_asked.clear()
+            self._gzip_asked.add(key)
+            return
+        self._gzip_asked.discard(key)
+        # Not on this request's path: it gets the plain body, later ones the gzip.
+        task = asyncio.ensure_future(self._compress(key, rendered))
+        self._compressing[key] = task
+        task.add_done_callback(lambda _: self._compressing.pop(key, None))
 
     async def _compress(self, key: MemoKey, rendered: Rendered) -> None:
         compressed = await asyncio.to_thread(_gzip, rendered.body)
