@@ -40,6 +40,8 @@ _KNOWN_OPTIONS = {
             "unsupported",
             "cache_max_size",
             "scrub_rate",
+            "file_hosts",
+            "max_page_size",
             "scrub_interval",
             "max_upload_size",
             "lease_timeout",
@@ -67,6 +69,31 @@ _KNOWN_OPTIONS = {
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
+# The largest real PyPI project pages are a few tens of MB of JSON.
+DEFAULT_MAX_PAGE_SIZE = 64 * _UNITS["M"]
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A host files may be fetched from; without a port, the scheme's default port."""
+
+    host: str
+    port: int | None = None
+
+    def allows(self, url: URL) -> bool:
+        if url.scheme not in ("http", "https") or url.host is None:
+            return False
+        port = self.port if self.port is not None else {"http": 80, "https": 443}[url.scheme]
+        return url.host.lower() == self.host and url.port == port
+
+    def __str__(self) -> str:
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+
+# Where PyPI's pages point files: fetched from there besides the upstream itself.
+DEFAULT_FILE_HOSTS = (HostPort("files.pythonhosted.org"),)
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message is one line for the operator."""
 
@@ -91,6 +118,9 @@ class ProxyConfig:
     scrub_rate: int = 10 << 20
     scrub_interval: float = 3600  # seconds from one pass's start to the next one's, at least
     max_upload_size: int  # bytes of one POST /upload/ body
+    # Hosts files are fetched from, besides the upstream's own host and port.
+    file_hosts: tuple[HostPort, ...] = DEFAULT_FILE_HOSTS
+    max_page_size: int = DEFAULT_MAX_PAGE_SIZE  # bytes of one upstream project page
     lease_timeout: float  # seconds a build host keeps a job without a heartbeat
     access_log: bool = True  # one line per request on stderr
 
@@ -231,6 +261,8 @@ def _build(path: Path, parser: configparser.ConfigParser) -> Config:
         scrub_rate=_scrub_rate(reader),
         scrub_interval=reader.seconds("proxy", "scrub_interval", 3600),
         max_upload_size=reader.size("proxy", "max_upload_size") or 512 * _UNITS["M"],
+        file_hosts=reader.hosts("proxy", "file_hosts", DEFAULT_FILE_HOSTS),
+        max_page_size=reader.size("proxy", "max_page_size") or DEFAULT_MAX_PAGE_SIZE,
         lease_timeout=reader.seconds("proxy", "lease_timeout", 600, minimum=1),
         access_log=reader.switch("proxy", "access_log", True),
     )
@@ -391,6 +423,25 @@ class _Reader:
         if not math.isfinite(value) or value < 1:
             raise self._fail(section, option, f"{raw!r} is out of range")
         return int(value)
+
+    def hosts(
+        self, section: str, option: str, default: tuple[HostPort, ...]
+    ) -> tuple[HostPort, ...]:
+        """Space-separated `host` or `host:port` entries; may be empty (none)."""
+        if not self._parser.has_option(section, option):
+            return default
+        found = []
+        for entry in self.raw(section, option, "").split():
+            try:
+                url = URL(f"http://{entry}")
+            except ValueError:
+                url = None
+            if url is None or not url.host or url.raw_path not in ("", "/") or url.user:
+                raise self._fail(section, option, f"{entry!r} is not a host or host:port")
+            if url.query_string or url.fragment:
+                raise self._fail(section, option, f"{entry!r} is not a host or host:port")
+            found.append(HostPort(url.host.lower(), url.explicit_port))
+        return tuple(found)
 
     def switch(self, section: str, option: str, default: bool) -> bool:
         """on/off (also yes/no, true/false, 1/0)."""

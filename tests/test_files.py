@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -17,9 +15,11 @@ from aiohttp.web import Application, Request
 
 from proxy.server.filestore import FileStore
 from tests.conftest import ProxyFactory, ProxyProcess, write_config
+from tests.disks import tiny_disk
 from tests.dists import Dist, make_sdist, make_wheel
 from tests.samples import metric
 from tests.upstream import FixtureUpstream
+from tests.waits import until
 
 Client = TestClient[Request, Application]
 
@@ -142,9 +142,8 @@ async def test_bad_body_aborts_the_client_and_keeps_nothing(
     path = f"/files/big/{big.filename}"
     status, body = await fetch(client, path)
     assert body is None or (status != 200), "a bad body must never be a clean 200"
-    await asyncio.sleep(0.05)
+    await until(lambda: partials(tmp_path) == [], "the partial file is removed")
     assert stored(tmp_path) == []
-    assert partials(tmp_path) == []
     upstream.knobs.file_mode = "ok"  # the next request tries again
     assert await fetch(client, path) == (200, big.content)
     assert upstream.requests[path] == 2
@@ -171,9 +170,8 @@ async def test_stalled_upstream_aborts_the_client(
     status, body = await fetch(client, f"/files/big/{big.filename}")
     assert status == 200
     assert body is None
-    await asyncio.sleep(0.05)
+    await until(lambda: partials(tmp_path) == [], "the partial file is removed")
     assert stored(tmp_path) == []
-    assert partials(tmp_path) == []
 
 
 async def test_gzip_content_encoding_is_ignored_and_bytes_kept_exactly(
@@ -335,33 +333,16 @@ def test_a_file_being_read_is_never_evicted(tmp_path: Path) -> None:
     assert store.total == 8
 
 
-@contextlib.contextmanager
-def _tiny_disk(path: Path, size: str) -> Iterator[None]:
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield None
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 async def test_full_disk_is_a_clean_error_and_the_proxy_recovers(
     make_proxy: ProxyFactory, upstream: FixtureUpstream, big: Dist, tmp_path: Path
 ) -> None:
     small = make_wheel("small", "1.0")
     upstream.add("small", small)
-    with _tiny_disk(files_dir(tmp_path), "1m"):
+    with tiny_disk(files_dir(tmp_path), "1m"):
         client = await make_proxy()
         status, body = await fetch(client, f"/files/big/{big.filename}")
         assert body is None or status != 200
-        await asyncio.sleep(0.05)
-        assert partials(tmp_path) == []
+        await until(lambda: partials(tmp_path) == [], "the partial file is removed")
         assert await fetch(client, f"/files/small/{small.filename}") == (200, small.content)
         await client.close()
 

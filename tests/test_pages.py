@@ -179,7 +179,7 @@ async def test_unnormalized_names_and_missing_slash_redirect(
         "/files/a%00b/demo_pkg-1.0.tar.gz",
     ],
 )
-async def test_hostile_paths_are_4xx_and_reach_nothing(
+async def test_hostile_paths_are_404_and_reach_nothing(
     make_proxy: ProxyFactory, demo: FixtureUpstream, raw_path: str, tmp_path: Path
 ) -> None:
     client = await make_proxy()
@@ -189,7 +189,7 @@ async def test_hostile_paths_are_4xx_and_reach_nothing(
         # which asks upstream nothing either.
         assert resp.status == 200 and "pythonbuild status" in await resp.text()
     else:
-        assert 400 <= resp.status < 500, (raw_path, resp.status)
+        assert resp.status == 404, (raw_path, resp.status)
     assert sum(demo.requests.values()) == 0
     with diskcache.Cache(str(tmp_path / "proxy" / "cache" / "pages")) as cache:
         assert list(cache.iterkeys()) == []
@@ -386,7 +386,7 @@ async def test_unsupported_projects_redirect_upstream_when_configured(
     demo.add("grpcio", make_wheel("grpcio", "1.0"))
     client = await make_proxy(unsupported="redirect", projects=("grpcio",))
     resp = await client.get("/simple/demo-pkg/", allow_redirects=False)
-    assert resp.status in (302, 307)
+    assert resp.status == 307  # temporary: pip caches a 301 for good
     assert resp.headers["Location"] == demo.url + "demo-pkg/"
     assert demo.requests["/simple/demo-pkg/"] == 0
     resp = await client.get("/simple/grpcio/", allow_redirects=False)

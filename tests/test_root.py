@@ -18,6 +18,7 @@ from proxy.simple.parse import PageFormatError
 from tests.conftest import ProxyFactory
 from tests.test_pages import JSON_V1, PIP_ACCEPT, anchors
 from tests.upstream import FixtureUpstream
+from tests.waits import until
 
 
 @pytest.mark.parametrize("upstream_format", ["json", "html"])
@@ -58,18 +59,16 @@ async def test_head_on_root(make_proxy: ProxyFactory, upstream: FixtureUpstream)
 
 
 async def test_stale_root_is_served_at_once_and_refreshed_once(
-    make_proxy: ProxyFactory, upstream: FixtureUpstream
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, tmp_path: Path
 ) -> None:
     client = await make_proxy(root_ttl=0)
     first = await (await client.get("/simple/?format=json")).json(content_type=JSON_V1)
+    pointer = tmp_path / "proxy" / "cache" / "root" / "current"
+    before = pointer.read_text()
     upstream.add("new-project")
     responses = await asyncio.gather(*(client.get("/simple/?format=json") for _ in range(10)))
     assert all(r.status == 200 for r in responses)
-    for _ in range(100):
-        if upstream.requests["/simple/"] == 2:
-            break
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.1)
+    await until(lambda: pointer.read_text() != before, "the refreshed root is switched in")
     assert upstream.requests["/simple/"] == 2
     doc = await (await client.get("/simple/?format=json")).json(content_type=JSON_V1)
     assert {"name": "new-project"} in doc["projects"]
@@ -82,11 +81,16 @@ async def test_root_failure_keeps_the_held_root(
     client = await make_proxy(root_ttl=0)
     good = await (await client.get("/simple/")).read()
     upstream.knobs.page_status = 500
-    for _ in range(3):
+    for i in range(3):
         resp = await client.get("/simple/")
         assert resp.status == 200
         assert await resp.read() == good
-        await asyncio.sleep(0.05)
+
+        # Its background refresh is asked for and fails before the next request.
+        def refreshed(asked: int = 2 + i) -> bool:
+            return upstream.requests["/simple/"] == asked
+
+        await until(refreshed, "a failed refresh")
     await client.close()
     client = await make_proxy(root_ttl=0)  # and after a restart
     assert await (await client.get("/simple/")).read() == good

@@ -9,9 +9,11 @@ fail: a status for pages, a delay, garbage bodies, ETags and serials.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from html import escape
 
@@ -30,6 +32,11 @@ class Project:
     dists: list[Dist] = field(default_factory=list)
     yanked: dict[str, str | bool] = field(default_factory=dict)
     requires_python: dict[str, str] = field(default_factory=dict)
+    page_name: str | None = None  # the name its JSON page gives (a lying mirror's)
+    # Where its file links point (another host, port or origin); default: this upstream.
+    files_base: str | None = None
+    # A page that never ends ("endless", chunked) or is huge ("huge", with its length).
+    flood: str | None = None
 
 
 @dataclass
@@ -66,7 +73,9 @@ class FixtureUpstream:
         self.requests: Counter[str] = Counter()
         self.conditional: Counter[str] = Counter()  # page requests that carried validators
         self.file_sent: Counter[str] = Counter()  # bytes of each file sent so far
-        self.app = web.Application()
+        # Any path here (pages, files) answers a 302 to its value.
+        self.redirects: dict[str, str] = {}
+        self.app = web.Application(middlewares=[self._redirect])
         self.app.router.add_get("/simple/", self._root)
         self.app.router.add_get("/simple/{project}/", self._page)
         self.app.router.add_get("/files/{project}/{filename}", self._file)
@@ -80,6 +89,33 @@ class FixtureUpstream:
         return sum(n for path, n in self.requests.items() if path.startswith("/files/"))
 
     # -- handlers ----------------------------------------------------------------
+
+    @web.middleware
+    async def _redirect(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        location = self.redirects.get(request.path_qs)
+        if location is None:
+            return await handler(request)
+        self.requests[request.path_qs] += 1
+        raise web.HTTPFound(location)
+
+    async def _flood(self, request: web.Request, mode: str) -> web.StreamResponse:
+        """A page of no end, or of 200 MB, as a broken or hostile upstream sends it."""
+        response = web.StreamResponse(headers={"Content-Type": JSON_V1})
+        if mode == "huge":
+            response.content_length = 200 * 1024 * 1024
+        await response.prepare(request)
+        chunk = b'{"filename": "x", "url": "y"},' * (1 << 15)  # about 1 MB
+        await response.write(b'{"meta": {"api-version": "1.1"}, "name": "x", "files": [')
+        with contextlib.suppress(ConnectionError):
+            sent = 0
+            while mode != "huge" or sent + len(chunk) <= 200 * 1024 * 1024:
+                await response.write(chunk)
+                sent += len(chunk)
+        return response
 
     async def _page(self, request: web.Request) -> web.StreamResponse:
         self.requests[request.path] += 1
@@ -95,10 +131,14 @@ class FixtureUpstream:
         project = self.projects.get(request.match_info["project"])
         if project is None:
             return web.Response(status=404, text="Not Found")
+        if project.flood is not None:
+            return await self._flood(request, project.flood)
         want_json = knobs.formats == "json" or (
             knobs.formats == "both" and JSON_V1 in request.headers.get("Accept", "")
         )
-        files_base = f"{request.url.origin()}/files/{canonicalize_name(project.name)}/"
+        files_base = project.files_base or (
+            f"{request.url.origin()}/files/{canonicalize_name(project.name)}/"
+        )
         if want_json:
             content_type = JSON_V1
             body = (
@@ -125,10 +165,10 @@ class FixtureUpstream:
 
     def _json(self, project: Project, files_base: str) -> bytes:
         files = []
-        for d in project.dists:
+        for d, url in zip(project.dists, self._urls(project, files_base), strict=True):
             entry: dict[str, object] = {
                 "filename": d.filename,
-                "url": files_base + d.filename,
+                "url": url,
                 "hashes": {"sha256": d.sha256},
                 "requires-python": project.requires_python.get(d.filename),
                 "yanked": project.yanked.get(d.filename, False),
@@ -138,13 +178,17 @@ class FixtureUpstream:
             if d.metadata is not None:
                 entry["core-metadata"] = {"sha256": hashlib.sha256(d.metadata).hexdigest()}
             files.append(entry)
-        doc = {"meta": {"api-version": "1.1"}, "name": project.name, "files": files}
+        doc = {
+            "meta": {"api-version": "1.1"},
+            "name": project.page_name or project.name,
+            "files": files,
+        }
         return json.dumps(doc).encode()
 
     def _html(self, project: Project, files_base: str) -> bytes:
         lines = ["<!DOCTYPE html><html><body>"]
-        for d in project.dists:
-            attrs = f' href="{files_base}{d.filename}#sha256={d.sha256}"'
+        for d, url in zip(project.dists, self._urls(project, files_base), strict=True):
+            attrs = f' href="{url}#sha256={d.sha256}"'
             if rp := project.requires_python.get(d.filename):
                 attrs += f' data-requires-python="{escape(rp)}"'
             if (yanked := project.yanked.get(d.filename)) is not None:
@@ -156,6 +200,17 @@ class FixtureUpstream:
             lines.append(f"<a{attrs}>{d.filename}</a><br>")
         lines.append("</body></html>")
         return "\n".join(lines).encode()
+
+    @staticmethod
+    def _urls(project: Project, files_base: str) -> list[str]:
+        """Each dist's URL; a filename listed again gets ?copy=N, so each copy is its own."""
+        seen: Counter[str] = Counter()
+        urls = []
+        for d in project.dists:
+            copy = seen[d.filename]
+            seen[d.filename] += 1
+            urls.append(files_base + d.filename + (f"?copy={copy}" if copy else ""))
+        return urls
 
     async def _root(self, request: web.Request) -> web.StreamResponse:
         self.requests[request.path] += 1
@@ -205,9 +260,13 @@ class FixtureUpstream:
         project = self.projects.get(request.match_info["project"])
         filename = request.match_info["filename"]
         body: bytes | None = None
+        copy = int(request.query.get("copy", "0"))
         for d in project.dists if project else ():
             if d.filename == filename:
-                body = d.content
+                if copy == 0:
+                    body = d.content
+                    break
+                copy -= 1
             elif d.metadata is not None and f"{d.filename}.metadata" == filename:
                 body = d.metadata
         if body is None:

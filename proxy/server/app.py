@@ -96,6 +96,7 @@ def _refusal(
 
 
 NO_STORE = {"Cache-Control": "no-store"}
+CLIENT_GONE = "499"  # the status label of a request whose client went away
 
 # The one place a domain error becomes a status. Looked up along the exception's
 # MRO, so a subclass (UpstreamTimeout) may have its own row before its base's.
@@ -142,6 +143,15 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:  # aiohttp's own: no route, method not allowed
         metrics.requests.inc(route=route, status=str(exc.status))
         raise
+    except ConnectionError:
+        transport = request.transport
+        if transport is not None and not transport.is_closing():
+            metrics.requests.inc(route=route, status="500")
+            raise
+        # The client went away mid-response: nothing of ours failed, and there is no
+        # one left to answer. Counted apart (nginx's 499), never a 500 or a traceback.
+        metrics.requests.inc(route=route, status=CLIENT_GONE)
+        return web.Response(status=int(CLIENT_GONE))
     except Exception as exc:
         answer = answer_for(exc)
         if answer is None:
@@ -154,10 +164,18 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 async def _state(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    upstream = Upstream(config.proxy.upstream, config.proxy.upstream_timeout, app[METRICS])
+    cache_dir = config.proxy.cache_dir
+    spool = cache_dir / "spool"  # large upstream pages while they arrive (unlinked files)
+    await asyncio.to_thread(spool.mkdir, parents=True, exist_ok=True)
+    upstream = Upstream(
+        config.proxy.upstream,
+        config.proxy.upstream_timeout,
+        app[METRICS],
+        max_page_size=config.proxy.max_page_size,
+        spool_dir=spool,
+    )
     await upstream.start()
     app[UPSTREAM] = upstream
-    cache_dir = config.proxy.cache_dir
     metrics = app[METRICS]
 
     def wheelhouse_damage(kind: str, message: str) -> None:

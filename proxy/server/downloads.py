@@ -20,6 +20,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from yarl import URL
+
+from proxy.config import HostPort
 from proxy.server.errors import FileUnavailable, TransferFailed
 from proxy.server.filestore import FileStore, Partial, StoreError
 from proxy.server.metrics import Metrics
@@ -38,7 +41,10 @@ class Source:
     url: str
     sha256: str
     size: int | None
-    allowed_hosts: frozenset[str]
+    hosts: tuple[HostPort, ...]  # where it may be fetched from, redirects included
+
+    def allows(self, url: URL) -> bool:
+        return any(host.allows(url) for host in self.hosts)
 
 
 class Download:
@@ -237,9 +243,7 @@ class Downloader:
         started = time.monotonic()
         partial: Partial | None = None
         try:
-            async with self._upstream.stream(
-                source.url, "file", allowed_hosts=source.allowed_hosts
-            ) as resp:
+            async with self._upstream.stream(source.url, "file", allowed=source.allows) as resp:
                 length = resp.content_length
                 if source.size is not None and length is not None and length != source.size:
                     raise StoreError(

@@ -27,7 +27,7 @@ from packaging.utils import InvalidSdistFilename, NormalizedName, parse_sdist_fi
 from packaging.version import InvalidVersion
 from yarl import URL
 
-from proxy.config import Config
+from proxy.config import Config, HostPort
 from proxy.diskfile import CachedFile, is_sha256
 from proxy.server.downloads import CHUNK, Download, Downloader, Follower, Source
 from proxy.server.errors import FileNotListed, FileUnavailable, TransferFailed
@@ -85,13 +85,16 @@ class Relayed:
 
     url: str
     upstream: Upstream = field(repr=False)
-    allowed_hosts: frozenset[str]
+    hosts: tuple[HostPort, ...]
     cache: CacheStatus = CacheStatus.MISS
+
+    def allows(self, url: URL) -> bool:
+        return any(host.allows(url) for host in self.hosts)
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[RelayBody]:
         """Upstream's response; UpstreamError (before anything is sent) if it fails."""
-        async with self.upstream.stream(self.url, "file", allowed_hosts=self.allowed_hosts) as resp:
+        async with self.upstream.stream(self.url, "file", allowed=self.allows) as resp:
             yield RelayBody(resp.content_length, _relay_chunks(resp, self.url))
 
 
@@ -127,6 +130,9 @@ class Files:
         self._upstream = upstream
         self._demand = demand
         self._metrics = metrics
+        root = upstream.root
+        # The upstream's own host and port, and the operator's file hosts.
+        self._hosts = (HostPort(root.host or "", root.port), *config.proxy.file_hosts)
 
     async def get(
         self, project: str, filename: str, *, user_agent: str | None, ranged: bool
@@ -157,13 +163,20 @@ class Files:
         if not f.url.startswith(("https://", "http://")):
             raise FileNotListed()
         source, url = self._source(f, metadata)
+        if source is not None:
+            hit = await self._from_disk(source.sha256, CacheStatus.HIT)
+            if hit is not None:
+                self._metrics.file_cache.inc(result="hit")
+                return hit
+        if not any(host.allows(URL(url)) for host in self._hosts):
+            # Listed elsewhere (an internal address, another port): never asked.
+            self._metrics.upstream_errors.inc(kind="refused")
+            raise FileUnavailable(
+                f"{url} is not on the upstream's host or a [proxy] file_hosts host"
+            )
         if source is None:
             self._metrics.file_cache.inc(result="passthrough")
-            return Relayed(url, self._upstream, self._allowed_hosts(url))
-        hit = await self._from_disk(source.sha256, CacheStatus.HIT)
-        if hit is not None:
-            self._metrics.file_cache.inc(result="hit")
-            return hit
+            return Relayed(url, self._upstream, self._hosts)
         self._metrics.file_cache.inc(result="miss")
         download = self._downloads.get(source)
         if not ranged:
@@ -194,12 +207,7 @@ class Files:
         sha256 = hashes.get("sha256", "").lower()
         if not is_sha256(sha256):
             return None, url
-        return Source(
-            url=url, sha256=sha256, size=size, allowed_hosts=self._allowed_hosts(url)
-        ), url
-
-    def _allowed_hosts(self, url: str) -> frozenset[str]:
-        return frozenset(h for h in (self._upstream.root.host, URL(url).host) if h is not None)
+        return Source(url=url, sha256=sha256, size=size, hosts=self._hosts), url
 
     async def _from_disk(self, sha256: str, cache: CacheStatus) -> OnDisk | None:
         store = self._store

@@ -9,6 +9,7 @@ cleanly: the client must not take a short or wrong file for a whole one.
 from __future__ import annotations
 
 import contextlib
+from typing import Literal
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -28,13 +29,32 @@ async def project_file(request: web.Request) -> web.StreamResponse:
         request.match_info["project"],
         request.match_info["filename"],
         user_agent=request.headers.get("User-Agent"),
-        ranged=request.http_range.start is not None or request.http_range.stop is not None,
+        ranged=_range(request) != "ignored",
     )
     if isinstance(decision, OnDisk):
         return _OnDiskResponse(decision)
     if isinstance(decision, Following):
         return await _follow(request, decision)
     return await _relay(request, decision)
+
+
+RangeKind = Literal["ignored", "bytes", "unsatisfiable"]
+
+
+def _range(request: web.BaseRequest) -> RangeKind:
+    """What the Range header asks, as RFC 9110 14.2 reads it: a unit other than bytes is
+    ignored, and so is a multi-range (answered whole, with 200, which 14.2 allows); a
+    suffix of zero bytes ("bytes=-0") can be satisfied by no representation (14.1.3)."""
+    raw = request.headers.get("Range")
+    if raw is None:
+        return "ignored"
+    unit, _, spec = raw.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return "ignored"
+    first, dash, last = spec.strip().partition("-")
+    if dash and not first.strip() and last.strip().isdigit() and int(last) == 0:
+        return "unsatisfiable"
+    return "bytes"
 
 
 class _OnDiskResponse(web.FileResponse):
@@ -51,12 +71,18 @@ class _OnDiskResponse(web.FileResponse):
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         try:
+            kind = _range(request)
             if_range = request.headers.get("If-Range", "")
             if if_range.startswith(('"', "W/")) and if_range != self._etag:
                 # aiohttp reads If-Range only as a date. RFC 9110 13.1.5: an
                 # entity-tag that does not match strongly means the whole file.
+                kind = "ignored"
+            if kind != "bytes" and "Range" in request.headers:
                 headers = request.headers.copy()
-                headers.popall("Range", None)
+                headers.popall("Range")
+                if kind == "unsatisfiable":
+                    # Past the end: aiohttp's own 416, with Content-Range: bytes */size.
+                    headers["Range"] = f"bytes={self._decision.file.size}-"
                 request = request.clone(headers=headers)
             writer = await super().prepare(request)
             if request.method == "GET" and self.status in (200, 206):

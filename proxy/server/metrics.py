@@ -78,7 +78,8 @@ class Metrics:
             r,
             "pythonbuild_page_cache_total",
             "Project page and root list lookups: hit, miss, revalidated, stale (served "
-            "because upstream failed), negative (a remembered 404).",
+            "because upstream failed), negative (a remembered 404), unstored (served but not "
+            "kept: the disk refused it).",
             ("result",),
         )
         self.upstream_errors = Counter(

@@ -21,17 +21,19 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import diskcache
+from packaging.utils import canonicalize_name
 
 from proxy.server import pagecodec
 from proxy.server.lru import ByteLRU
 from proxy.server.metrics import Metrics
 from proxy.server.singleflight import SingleFlight
-from proxy.server.sizeof import deep_size
+from proxy.server.sizeof import page_size
 from proxy.server.upstream import PageResponse, Upstream, UpstreamError, Validators
 from proxy.server.xcache import CacheStatus
 from proxy.simple.model import ProjectPage
@@ -80,7 +82,7 @@ class PageCache:
         swr: float = 0,
         memory_budget: int = 128 * 1024 * 1024,
     ) -> None:
-        self._disk = diskcache.Cache(str(directory), eviction_policy="none")
+        self._disk = _open_disk(directory)
         self._upstream = upstream
         self._metrics = metrics
         self._ttl = ttl
@@ -152,7 +154,7 @@ class PageCache:
         if resp.status == 404:
             self._metrics.page_cache.inc(result="miss")
             entry = CachedPage(page=None, fetched_at=now, generation=next(self._generations))
-            await asyncio.to_thread(self._store, name, entry, None)
+            await self._keep(name, entry, None)
             return entry, CacheStatus.MISS
         if resp.status == 304 and held is not None and held.page is not None:
             self._metrics.page_cache.inc(result="revalidated")
@@ -183,14 +185,23 @@ class PageCache:
             generation=next(self._generations),
             size=size,
         )
-        await asyncio.to_thread(self._store, name, entry, stored)
+        await self._keep(name, entry, stored)
         return entry, CacheStatus.MISS
 
     async def _confirm(self, name: str, held: CachedPage, now: float) -> CachedPage:
         """Upstream agrees (or lags): the held page is fresh again, same generation."""
         entry = dataclasses.replace(held, fetched_at=now)
-        await asyncio.to_thread(self._store, name, entry, None)
+        await self._keep(name, entry, None)
         return entry
+
+    async def _keep(self, name: str, entry: CachedPage, stored: bytes | None) -> None:
+        """Store an entry on disk; when the disk cannot take it (full, damaged), the page
+        is still served from memory this time: only keeping it failed."""
+        try:
+            await asyncio.to_thread(self._store, name, entry, stored)
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("could not store the page of %s: %s", name, exc)
+            self._metrics.page_cache.inc(result="unstored")
 
     # -- disk (called in a worker thread) ---------------------------------------
 
@@ -212,9 +223,13 @@ class PageCache:
                 self._disk.delete(f"page/{name}")
 
     def _load(self, name: str) -> CachedPage | None:
-        with self._disk.transact():
-            record = self._disk.get(f"meta/{name}")
-            stored = self._disk.get(f"page/{name}")
+        try:
+            with self._disk.transact():
+                record = self._disk.get(f"meta/{name}")
+                stored = self._disk.get(f"page/{name}")
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("could not read the held page of %s: %s", name, exc)
+            return None
         if record is None:
             return None
         try:
@@ -230,8 +245,22 @@ class PageCache:
             validators=Validators(etag=fresh.etag, last_modified=fresh.last_modified),
             serial=fresh.serial,
             generation=next(self._generations),
-            size=deep_size(page),
+            size=page_size(page) if page is not None else 0,
         )
+
+
+def _open_disk(directory: Path) -> diskcache.Cache:
+    """The page cache's database; a damaged one is moved aside and a new one started:
+    it is a cache, and upstream has every page again."""
+    try:
+        return diskcache.Cache(str(directory), eviction_policy="none")
+    except sqlite3.DatabaseError as exc:
+        aside = directory.with_name(f"{directory.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        directory.rename(aside)
+        log.warning(
+            "page cache %s is damaged (%s): moved to %s, starting empty", directory, exc, aside
+        )
+        return diskcache.Cache(str(directory), eviction_policy="none")
 
 
 def _retrieve(task: asyncio.Future[PageResult]) -> None:
@@ -244,6 +273,11 @@ def _retrieve(task: asyncio.Future[PageResult]) -> None:
 def _parse(resp: PageResponse, name: str) -> tuple[ProjectPage, bytes, int]:
     """Parse upstream's answer: the model, its stored form and its size in memory."""
     page = parse_project(resp.body, resp.content_type, resp.url, name)
+    if canonicalize_name(page.name) != name:
+        # A page naming another project (a mirror's mistake, or a lie) is served as
+        # the one asked for: its links and name are the requested project's.
+        log.warning("%s: upstream's page names %r; serving it as %s", name, page.name, name)
+        page = dataclasses.replace(page, name=name)
     if resp.serial is not None and page.last_serial is None:
         page = dataclasses.replace(page, last_serial=resp.serial)
-    return page, pagecodec.encode_page(page), deep_size(page)
+    return page, pagecodec.encode_page(page), page_size(page)

@@ -2,24 +2,40 @@
 
 Transport only: it returns bytes and headers, and turns every way upstream can
 fail into an UpstreamError. Parsing and caching live elsewhere.
+
+Where it goes is checked before every request, redirects included (they are
+followed by hand): pages and the root list only within the upstream's origin
+(scheme, host and port), files only to the upstream's host and port or a host
+of `[proxy] file_hosts`. Anything else is refused before a byte is sent there:
+an upstream, or anyone between, must not send the proxy to an internal address.
 """
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import BinaryIO
 
 import aiohttp
 from yarl import URL
 
 from proxy import USER_AGENT
+from proxy.config import DEFAULT_MAX_PAGE_SIZE
 from proxy.server.metrics import Metrics
 from proxy.simple.negotiate import PAGE_ACCEPT
 
-MAX_PAGE_BYTES = 256 * 1024 * 1024  # the largest real project pages are tens of MB
 MAX_REDIRECTS = 5
+# A page body is held in memory up to this much; the rest of a larger one waits in
+# an unlinked temporary file until it is whole, so that many large (or endless)
+# pages at once cost the proxy disk, not memory.
+IN_MEMORY = 4 * 1024 * 1024
+
+Allowed = Callable[[URL], bool]
 
 
 class UpstreamError(Exception):
@@ -33,9 +49,8 @@ class UpstreamError(Exception):
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
-def _check_target(url: URL, allowed_hosts: frozenset[str]) -> None:
-    if url.scheme not in ("http", "https") or url.host not in allowed_hosts:
-        raise UpstreamError("redirect_refused", f"{url} is not an upstream or file host")
+def same_origin(a: URL, b: URL) -> bool:
+    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +100,26 @@ def _serial(headers: Mapping[str, str]) -> int | None:
 class Upstream:
     """One aiohttp session to the upstream index, with metrics around every call."""
 
-    def __init__(self, root: URL, timeout: float, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        root: URL,
+        timeout: float,
+        metrics: Metrics,
+        *,
+        max_page_size: int = DEFAULT_MAX_PAGE_SIZE,
+        spool_dir: Path | None = None,
+    ) -> None:
         self.root = root
         self._timeout = timeout
         self._metrics = metrics
+        self._max_page_size = max_page_size
+        self._spool_dir = spool_dir
         self._session: aiohttp.ClientSession | None = None
         self.health = Health()  # replaced whole (frozen) on each outcome: readers see one state
+
+    def in_origin(self, url: URL) -> bool:
+        """Whether `url` is on the upstream's own scheme, host and port."""
+        return same_origin(url, self.root)
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -122,12 +151,10 @@ class Upstream:
         started = time.monotonic()
         with self._errors(f"page {url}"):
             try:
-                async with self.session.get(
-                    url,
-                    headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=self._timeout),
-                    max_redirects=MAX_REDIRECTS,
-                ) as resp:
+                async with (
+                    asyncio.timeout(self._timeout),
+                    self._get(url, self.in_origin, "page", headers=headers) as resp,
+                ):
                     if resp.status == 304:
                         return PageResponse(
                             status=304,
@@ -139,9 +166,12 @@ class Upstream:
                         return PageResponse(status=404, url=str(resp.url))
                     if resp.status != 200:
                         raise UpstreamError("status", f"{url} answered {resp.status}")
-                    if (resp.content_length or 0) > MAX_PAGE_BYTES:
-                        raise UpstreamError("too_large", f"{url} is {resp.content_length} bytes")
-                    body = await _read_capped(resp, MAX_PAGE_BYTES)
+                    limit = self._max_page_size
+                    if (resp.content_length or 0) > limit:
+                        raise UpstreamError(
+                            "too_large", f"{url} is {resp.content_length} bytes, over {limit}"
+                        )
+                    body = await _read_capped(resp, limit, self._spool_dir)
                     return PageResponse(
                         status=200,
                         url=str(resp.url),
@@ -157,6 +187,38 @@ class Upstream:
                 self._observe(time.monotonic() - started)
 
     @asynccontextmanager
+    async def _get(
+        self,
+        url: URL,
+        allowed: Allowed,
+        kind: str,
+        **options: object,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """GET `url`, following at most MAX_REDIRECTS redirects by hand, each target
+        checked with `allowed` before anything is sent to it."""
+        target = url
+        for _ in range(MAX_REDIRECTS + 1):
+            if not allowed(target):
+                where = "to " if target is not url else ""
+                raise UpstreamError(
+                    "refused",
+                    f"{kind} {url}: not fetching {where}{target}: "
+                    + (
+                        "outside the upstream's origin"
+                        if kind != "file"
+                        else "not the upstream's host or a [proxy] file_hosts host"
+                    ),
+                )
+            request = self.session.get(target, allow_redirects=False, **options)  # type: ignore[arg-type]
+            async with request as resp:
+                if resp.status in _REDIRECTS and "Location" in resp.headers:
+                    target = target.join(URL(resp.headers["Location"]))
+                    continue
+                yield resp
+                return
+        raise UpstreamError("redirects", f"{kind} {url} redirects too often")
+
+    @asynccontextmanager
     async def stream(
         self,
         url: str,
@@ -165,15 +227,14 @@ class Upstream:
         headers: Mapping[str, str] | None = None,
         ok: tuple[int, ...] = (200,),
         raw: bool = True,
-        allowed_hosts: frozenset[str] | None = None,
+        allowed: Allowed | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """GET `url` for streaming; the response status is in `ok` or UpstreamError is raised.
 
         Only connecting and each read are bounded: a large file or the root list
         may take minutes to arrive, but never stall. `raw` asks for and keeps
-        exactly the bytes upstream published (no Content-Encoding). With
-        `allowed_hosts`, redirects are followed by hand and only over http(s)
-        to those hosts, at most MAX_REDIRECTS times.
+        exactly the bytes upstream published (no Content-Encoding). Every target,
+        redirects included, must be `allowed` (default: the upstream's origin).
         """
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self._timeout, sock_read=self._timeout
@@ -182,29 +243,19 @@ class Upstream:
         if raw:
             request_headers["Accept-Encoding"] = "identity"
         started = time.monotonic()
-        target = URL(url)
         with self._errors(f"{kind} {url}"):
-            for _ in range(MAX_REDIRECTS + 1):
-                if allowed_hosts is not None:
-                    _check_target(target, allowed_hosts)
-                async with self.session.get(
-                    target,
-                    timeout=timeout,
-                    max_redirects=MAX_REDIRECTS,
-                    allow_redirects=allowed_hosts is None,
-                    headers=request_headers,
-                    auto_decompress=not raw,
-                ) as resp:
-                    if allowed_hosts is not None and resp.status in _REDIRECTS:
-                        location = resp.headers.get("Location", "")
-                        target = target.join(URL(location))
-                        continue
-                    self._observe(time.monotonic() - started)
-                    if resp.status not in ok:
-                        raise UpstreamError("status", f"{kind} {url} answered {resp.status}")
-                    yield resp
-                    return
-            raise UpstreamError("redirects", f"{kind} {url} redirects too often")
+            async with self._get(
+                URL(url),
+                allowed or self.in_origin,
+                kind,
+                timeout=timeout,
+                headers=request_headers,
+                auto_decompress=not raw,
+            ) as resp:
+                self._observe(time.monotonic() - started)
+                if resp.status not in ok:
+                    raise UpstreamError("status", f"{kind} {url} answered {resp.status}")
+                yield resp
 
     def _observe(self, seconds: float) -> None:
         self._metrics.observe_upstream(seconds)
@@ -240,12 +291,48 @@ class Upstream:
             self.health = replace(self.health, last_success_at=time.time())
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int, spool_dir: Path | None) -> bytes:
+    """The whole body, refused as soon as it passes `limit`; past IN_MEMORY bytes the
+    rest waits on disk (an unlinked file: nothing is left behind, even by kill -9)."""
     chunks: list[bytes] = []
+    held = 0
     size = 0
-    async for chunk in resp.content.iter_chunked(1 << 16):
-        size += len(chunk)
-        if size > limit:
-            raise UpstreamError("too_large", f"{resp.url} is over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    spool: BinaryIO | None = None
+    try:
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamError("too_large", f"{resp.url} is over {limit} bytes")
+            chunks.append(chunk)
+            held += len(chunk)
+            if held >= IN_MEMORY:
+                data = b"".join(chunks)
+                chunks.clear()
+                held = 0
+                try:
+                    if spool is None:
+                        spool = await asyncio.to_thread(_new_spool, spool_dir)
+                    await asyncio.to_thread(_write, spool, data)
+                except OSError as exc:
+                    raise UpstreamError(
+                        "spool", f"{resp.url}: no room to hold a page of over {size} bytes: {exc}"
+                    ) from None
+        if spool is None:
+            return b"".join(chunks)
+        return await asyncio.to_thread(_read_back, spool, b"".join(chunks))
+    finally:
+        if spool is not None:
+            await asyncio.to_thread(spool.close)
+
+
+def _new_spool(folder: Path | None) -> BinaryIO:
+    return tempfile.TemporaryFile(dir=folder)
+
+
+def _write(spool: BinaryIO, data: bytes) -> None:
+    spool.write(data)
+
+
+def _read_back(spool: BinaryIO, tail: bytes) -> bytes:
+    spool.seek(0)
+    return spool.read() + tail

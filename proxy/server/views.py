@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 from packaging.utils import NormalizedName
 
@@ -11,6 +13,7 @@ from proxy.server.errors import NotAcceptable, Redirect
 from proxy.server.keys import CONFIG, METRICS, PAGES, ROOT
 from proxy.server.pages import Page
 from proxy.server.rootindex import HTML_NAME, JSON_NAME, RootInProgress
+from proxy.server.xcache import CacheStatus
 from proxy.simple.names import project_name
 from proxy.simple.negotiate import HTML_LEGACY, HTML_V1, JSON_V1, Format, negotiate
 
@@ -67,7 +70,10 @@ def _page_response(request: web.Request, page: Page, offers_gzip: bool) -> web.R
     }
     if page.serial is not None:
         headers["X-PyPI-Last-Serial"] = str(page.serial)
+    # RFC 9110 13.1.2: weak comparison, and "*" matches any current representation.
     held = {tag.value for tag in request.if_none_match or ()}
+    if "*" in held:
+        return web.Response(status=304, headers=headers)
     # A client holding either form of this rendering holds it still: a 304 names the
     # form it holds (a cache that stored the plain body before the gzip was made).
     for form in (etag, page.etag, page.gzip_etag if page.gzip is not None else None):
@@ -87,14 +93,23 @@ async def root_index(request: web.Request) -> web.StreamResponse:
         "Cache-Control": "max-age=600, public",
     }
     root = request.app[ROOT]
+    asked = time.time()
     # A cold root is followed as it is written; HEAD has no body to follow.
     held = await (root.get() if request.method == "HEAD" else root.get_or_follow())
     if isinstance(held, RootInProgress):
+        headers["X-Cache"] = CacheStatus.MISS.header
         name = JSON_NAME if fmt.is_json else HTML_NAME
         followed = await rootstream.follow(request, held, name, headers)
         if isinstance(followed, web.StreamResponse):
             return followed
         held = followed
+    # Fetched for this request, held and fresh, or held and expired (being refreshed).
+    if held.fetched_at >= asked:
+        headers["X-Cache"] = CacheStatus.MISS.header
+    elif time.time() - held.fetched_at >= request.app[CONFIG].proxy.root_ttl:
+        headers["X-Cache"] = CacheStatus.STALE.header
+    else:
+        headers["X-Cache"] = CacheStatus.HIT.header
     return web.FileResponse(held.json if fmt.is_json else held.html, headers=headers)
 
 

@@ -63,7 +63,10 @@ class ProjectPage:
     _by_filename: Mapping[str, DistFile] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_by_filename", {f.filename: f for f in self.files})
+        by_filename: dict[str, DistFile] = {}
+        for f in self.files:
+            by_filename.setdefault(f.filename, f)  # the first entry of a filename is the one
+        object.__setattr__(self, "_by_filename", by_filename)
 
     def file(self, filename: str) -> DistFile | None:
         """The file named `filename` on this page, if any (O(1))."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from html import unescape
 from html.parser import HTMLParser
 from urllib.parse import urldefrag, urljoin
@@ -88,9 +88,7 @@ def parse_project_json(body: bytes, page_url: str, *, fast: bool = True) -> Proj
     meta = meta if isinstance(meta, dict) else {}
     api_version = meta.get("api-version")
     resolve = _resolve if fast else _resolve_fully
-    files = tuple(
-        f for f in (_json_file(entry, page_url, resolve) for entry in doc["files"]) if f is not None
-    )
+    files = _first_of_each(_json_file(entry, page_url, resolve) for entry in doc["files"])
     listed = doc.get("versions")
     listed = [v for v in listed if isinstance(v, str)] if isinstance(listed, list) else []
     return ProjectPage(
@@ -102,6 +100,21 @@ def parse_project_json(body: bytes, page_url: str, *, fast: bool = True) -> Proj
         meta_extra={k: v for k, v in meta.items() if k not in _META_KEYS},
         extra={k: v for k, v in doc.items() if k not in _PAGE_KEYS},
     )
+
+
+def _first_of_each(files: Iterable[DistFile | None]) -> tuple[DistFile, ...]:
+    """One entry per filename, the first: a filename names one file (clients and
+    lockfiles key on it), and a page listing it twice with other hashes must not
+    let the second one be what is fetched and checked."""
+    kept: dict[str, DistFile] = {}
+    for f in files:
+        if f is None:
+            continue
+        if f.filename in kept:
+            log.warning("dropping a second entry for %s", f.filename)
+            continue
+        kept[f.filename] = f
+    return tuple(kept.values())
 
 
 def _reject_constant(name: str) -> None:
@@ -189,14 +202,8 @@ def parse_project_html(body: bytes, page_url: str, name: str, *, fast: bool = Tr
         parser.feed(text)
         parser.close()
         anchors = parser.anchors
-    files = tuple(
-        f
-        for f in (
-            _html_file(attrs, label, page_url, _resolve if fast else _resolve_fully)
-            for attrs, label in anchors
-        )
-        if f is not None
-    )
+    resolve = _resolve if fast else _resolve_fully
+    files = _first_of_each(_html_file(attrs, label, page_url, resolve) for attrs, label in anchors)
     return ProjectPage(name=name, files=files, versions=merge_versions((), files))
 
 
