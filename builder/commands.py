@@ -17,7 +17,7 @@ from typing import Any, Protocol, TextIO
 from packaging.utils import InvalidName, NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from proxy.buildplan.plan import Job, Plan, Skip, Skipped, plan, sdist_of
+from proxy.buildplan.plan import STATUS_OF, Job, Plan, Skip, Skipped, plan, sdist_of
 from proxy.config import Config
 from proxy.platforms import Identifier
 from proxy.simple.model import DistFile, ProjectPage
@@ -276,17 +276,6 @@ def cmd_retry(config: Config, requirement: str, out: TextIO) -> int:
         print(f"cleared {key}", file=out)
     print(f"{what}: {len(cleared)} failure(s) cleared; the next plan builds them", file=out)
     return 0
-
-
-STATUS_OF = {
-    Skip.UPSTREAM: "upstream has it",
-    Skip.BUILT: "built",
-    Skip.BACKOFF: "failed",
-    Skip.PERMANENT: "failed",
-    Skip.NO_SDIST: "impossible",
-    Skip.REQUIRES_PYTHON: "impossible",
-    Skip.HOST: "impossible",
-}
 
 
 def cmd_status(config: Config, only: str | None, as_json: bool, out: TextIO) -> int:

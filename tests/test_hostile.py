@@ -269,6 +269,49 @@ async def test_a_damaged_page_database_is_moved_aside_at_start(
     assert (aside / "cache.db").read_bytes() == garbage  # kept for a post-mortem
 
 
+@pytest.mark.parametrize("planted", ["folder", "database"])
+async def test_a_symlinked_page_database_is_moved_aside_not_written_through(
+    proxy_process: StartProxy, demo: FixtureUpstream, tmp_path: Path, planted: str
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pages = tmp_path / "cache" / "pages"
+    if planted == "folder":
+        pages.parent.mkdir(parents=True)
+        pages.symlink_to(elsewhere, target_is_directory=True)
+    else:
+        pages.mkdir(parents=True)
+        (pages / "cache.db").symlink_to(elsewhere / "cache.db")
+    log = tmp_path / "proxy.log"
+    proxy = proxy_process(write_config(tmp_path, demo.url), log)
+    base = await proxy.start()
+    async with aiohttp.ClientSession() as session, session.get(f"{base}demo/") as resp:
+        assert resp.status == 200
+        assert "demo-1.0.tar.gz" in await resp.text()
+    assert await proxy.stop() == 0
+    assert list(elsewhere.iterdir()) == []  # nothing written where the link pointed
+    assert not pages.is_symlink() and (pages / "cache.db").is_file()
+    assert not (pages / "cache.db").is_symlink()
+    warnings = [line for line in log.read_text().splitlines() if "a symlink" in line]
+    assert len(warnings) == 1, log.read_text()
+
+
+async def test_a_large_page_is_stored_inside_the_database_file_only(
+    proxy_process: StartProxy, upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    # diskcache would put a value over 32 kB in a file of its own in a subfolder; a
+    # symlink planted there would be written through. Everything stays in cache.db.
+    upstream.add("big", *(make_sdist("big", f"1.{n}") for n in range(400)))
+    proxy = proxy_process(write_config(tmp_path, upstream.url))
+    base = await proxy.start()
+    async with aiohttp.ClientSession() as session, session.get(f"{base}big/") as resp:
+        assert resp.status == 200
+        assert len(await resp.read()) > 32 * 1024
+    assert await proxy.stop() == 0
+    stored = {p.name for p in (tmp_path / "cache" / "pages").iterdir()}
+    assert stored <= {"cache.db", "cache.db-wal", "cache.db-shm"}, stored
+
+
 # -- what a page says -------------------------------------------------------------------
 
 

@@ -54,6 +54,18 @@ class Skip(enum.Enum):
     PERMANENT = "will not build"
 
 
+# A skipped cell's status in `status --json` and `GET /api/v1/status` (one vocabulary for both).
+STATUS_OF = {
+    Skip.UPSTREAM: "upstream has it",
+    Skip.BUILT: "built",
+    Skip.BACKOFF: "failed",
+    Skip.PERMANENT: "failed",
+    Skip.NO_SDIST: "impossible",
+    Skip.REQUIRES_PYTHON: "impossible",
+    Skip.HOST: "impossible",
+}
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Job:
     project: str

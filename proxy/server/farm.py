@@ -23,7 +23,7 @@ from typing import Any
 from packaging.utils import NormalizedName, canonicalize_name
 
 from proxy.atomic import write_atomically
-from proxy.buildplan.plan import Job, Plan, Skip, Skipped, plan, sdist_of
+from proxy.buildplan.plan import STATUS_OF, Job, Plan, Skipped, plan, sdist_of
 from proxy.buildplan.tags import tags_install_on
 from proxy.config import Config
 from proxy.platforms import Identifier
@@ -311,17 +311,6 @@ class Farm:
                 for h in hosts
             ],
         }
-
-
-STATUS_OF = {
-    Skip.UPSTREAM: "upstream has it",
-    Skip.BUILT: "built",
-    Skip.BACKOFF: "failed",
-    Skip.PERMANENT: "failed",
-    Skip.NO_SDIST: "impossible",
-    Skip.REQUIRES_PYTHON: "impossible",
-    Skip.HOST: "impossible",
-}
 
 
 def _cells(p: Plan, held: Mapping[tuple[str, str, str], str]) -> list[dict[str, Any]]:

@@ -249,18 +249,36 @@ class PageCache:
         )
 
 
+# Every page is kept inside the SQLite file, never as a separate value file in one of
+# diskcache's subfolders: one file to check, and no folder a planted symlink could send
+# our writes through.
+_IN_DATABASE_ONLY = 1 << 62
+
+
+def _symlinked(directory: Path) -> bool:
+    """The folder, or its database files, is a symlink (written through, it would
+    put our bytes wherever the link points)."""
+    candidates = [directory, *(directory / n for n in ("cache.db", "cache.db-wal", "cache.db-shm"))]
+    return any(p.is_symlink() for p in candidates)
+
+
 def _open_disk(directory: Path) -> diskcache.Cache:
-    """The page cache's database; a damaged one is moved aside and a new one started:
-    it is a cache, and upstream has every page again."""
-    try:
-        return diskcache.Cache(str(directory), eviction_policy="none")
-    except sqlite3.DatabaseError as exc:
-        aside = directory.with_name(f"{directory.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
-        directory.rename(aside)
-        log.warning(
-            "page cache %s is damaged (%s): moved to %s, starting empty", directory, exc, aside
-        )
-        return diskcache.Cache(str(directory), eviction_policy="none")
+    """The page cache's database; a damaged or symlinked one is moved aside and a new one
+    started: it is a cache, and upstream has every page again."""
+    reason = "a symlink" if _symlinked(directory) else None
+    if reason is None:
+        try:
+            return diskcache.Cache(
+                str(directory), eviction_policy="none", disk_min_file_size=_IN_DATABASE_ONLY
+            )
+        except sqlite3.DatabaseError as exc:
+            reason = f"damaged ({exc})"
+    aside = directory.with_name(f"{directory.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+    directory.rename(aside)
+    log.warning("page cache %s is %s: moved to %s, starting empty", directory, reason, aside)
+    return diskcache.Cache(
+        str(directory), eviction_policy="none", disk_min_file_size=_IN_DATABASE_ONLY
+    )
 
 
 def _retrieve(task: asyncio.Future[PageResult]) -> None:
