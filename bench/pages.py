@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import json
 import math
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from bench.tools import LOAD_CORE, SERVER_CORE, pinned
+from bench.tools import LOAD_CORE, SERVER_CORE, pinned, stop_process
 
 if TYPE_CHECKING:
     from tests.dists import Dist
@@ -185,18 +184,6 @@ async def start_proxy(config: Path, log: Path) -> tuple[asyncio.subprocess.Proce
         await stop_process(proc)
         print(log_tail(log), file=sys.stderr)
         raise
-
-
-async def stop_process(proc: asyncio.subprocess.Process) -> int:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-    try:
-        return await asyncio.wait_for(proc.wait(), 30)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        return await proc.wait()
 
 
 def log_tail(path: Path) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TextIO
 from packaging.utils import InvalidName, NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from proxy.buildplan.plan import STATUS_OF, Job, Plan, Skip, Skipped, plan, sdist_of
+from proxy.buildplan.plan import STATUS_OF, Job, ProjectPlan, Skip, Skipped, plan, sdist_of
 from proxy.config import Config
 from proxy.platforms import Identifier
 from proxy.simple.model import DistFile, ProjectPage
@@ -34,14 +34,6 @@ from .state import BuildState
 
 class CommandError(Exception):
     """One line for the operator; exit code 1."""
-
-
-@dataclass(frozen=True, slots=True)
-class ProjectPlan:
-    project: NormalizedName
-    page: ProjectPage
-    upstream_files: frozenset[str]
-    plan: Plan
 
 
 def _projects(config: Config, only: str | None) -> list[NormalizedName]:

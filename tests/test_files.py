@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 
 from proxy.server.filestore import FileStore
+from proxy.server.fileviews import OPEN_ON_LOOP_MAX
 from tests.conftest import ProxyFactory, ProxyProcess, write_config
 from tests.disks import tiny_disk
 from tests.dists import Dist, make_sdist, make_wheel
@@ -375,3 +376,73 @@ async def test_kill_9_mid_download_leaves_nothing_servable(
         assert await resp.read() == big.content
     assert list((files / "tmp").iterdir()) == []
     assert await proxy.stop() == 0
+
+
+async def test_a_small_cached_file_answers_as_a_large_one_does(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream
+) -> None:
+    """A small file is sent from the size and mtime already known (no thread hop), a large
+    one by aiohttp's FileResponse: the same conditions give the same answers."""
+    small = make_wheel("small", "1.0", payload=os.urandom(50_000))
+    large = make_wheel("large", "1.0", payload=os.urandom(OPEN_ON_LOOP_MAX + 1024))
+    upstream.add("small", small)
+    upstream.add("large", large)
+    client = await make_proxy()
+
+    async def answers(dist: Dist) -> list[tuple[int, dict[str, str], bytes]]:
+        path = f"/files/{dist.filename.split('-')[0]}/{dist.filename}"
+        await (await client.get(path)).read()  # cold: now it is on disk
+        whole = await client.get(path)
+        assert await whole.read() == dist.content
+        etag, modified = whole.headers["ETag"], whole.headers["Last-Modified"]
+        size = len(dist.content)
+        asks: list[dict[str, str]] = [
+            {},
+            {"If-None-Match": etag},
+            {"If-None-Match": f"W/{etag}"},
+            {"If-None-Match": '"other"'},
+            {"If-Modified-Since": modified},
+            {"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"},
+            {"If-Match": '"other"'},
+            {"If-Match": etag},
+            {"If-Unmodified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"},
+            {"Range": "bytes=10-19"},
+            {"Range": "bytes=-10", "If-Range": etag},
+            {"Range": "bytes=0-9", "If-Range": '"other"'},
+            {"Range": "bytes=0-9", "If-Range": modified},
+            {"Range": f"bytes={size}-"},
+            {"Range": "bytes=-0"},
+            {"Range": "bytes=0-0,2-3"},
+        ]
+        got = []
+        for ask in asks:
+            resp = await client.get(path, headers=ask)
+            body = await resp.read()
+            shown = {
+                name: resp.headers[name]
+                for name in ("ETag", "Last-Modified", "Accept-Ranges", "Content-Range")
+                if name in resp.headers
+            }
+            length = resp.headers.get("Content-Length", "-")
+            shown["Content-Length"] = "<size>" if length == str(size) else length
+            for held, label in (
+                (etag, "<etag>"),
+                (modified, "<date>"),
+                (f"/{size}", "/<size>"),
+                (f" {size - 10}-{size - 1}/", " <size-10>-<size-1>/"),
+            ):
+                shown = {k: v.replace(held, label) for k, v in shown.items()}
+            got.append((resp.status, shown, body.replace(dist.content, b"<whole>")))
+        head = await client.head(path)
+        assert head.headers["Content-Length"] == str(size) and await head.read() == b""
+        # What each answer must be, whichever way it was sent.
+        assert got[0][0] == 200 and got[0][2] == b"<whole>"
+        assert [status for status, _, _ in got[1:]] == [
+            *(304, 304, 200, 304, 200, 412, 200, 412),
+            *(206, 206, 200, 206, 416, 416, 200),
+        ]
+        assert got[9][2] == dist.content[10:20] and got[10][2] == dist.content[-10:]
+        assert got[13][1]["Content-Range"] == "bytes */<size>"
+        return [(status, shown, body if status != 206 else b"part") for status, shown, body in got]
+
+    assert await answers(small) == await answers(large)

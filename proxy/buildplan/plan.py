@@ -18,7 +18,7 @@ from typing import Protocol
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.tags import Tag
-from packaging.utils import InvalidSdistFilename, parse_sdist_filename
+from packaging.utils import InvalidSdistFilename, NormalizedName, parse_sdist_filename
 from packaging.version import InvalidVersion, Version
 
 from proxy.config import ProjectConfig
@@ -87,6 +87,16 @@ class Skipped:
 class Plan:
     jobs: list[Job]
     skipped: list[Skipped]
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectPlan:
+    """One supported project's plan, with the page and upstream's filenames it came from."""
+
+    project: NormalizedName
+    page: ProjectPage
+    upstream_files: frozenset[str]
+    plan: Plan
 
 
 def sdists_by_version(page: ProjectPage) -> dict[str, DistFile]:

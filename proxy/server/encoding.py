@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 
+from proxy.simple.negotiate import weighted_items
+
 GZIP = "gzip"
 
 
@@ -15,17 +17,7 @@ def accepts_gzip(header: str | None) -> bool:
     if not header:
         return False
     wildcard: bool | None = None
-    for item in header.split(","):
-        coding, *params = (part.strip() for part in item.split(";"))
-        q = 1.0
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(value.strip())
-                except ValueError:
-                    q = 0.0
-        coding = coding.lower()
+    for coding, q in weighted_items(header):
         if coding in (GZIP, "x-gzip"):
             return q > 0  # named: its own q-value decides, whatever `*` says
         if coding == "*":

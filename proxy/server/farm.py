@@ -23,7 +23,7 @@ from typing import Any
 from packaging.utils import NormalizedName, canonicalize_name
 
 from proxy.atomic import write_atomically
-from proxy.buildplan.plan import STATUS_OF, Job, Plan, Skipped, plan, sdist_of
+from proxy.buildplan.plan import STATUS_OF, Job, Plan, ProjectPlan, Skipped, plan, sdist_of
 from proxy.buildplan.tags import tags_install_on
 from proxy.config import Config
 from proxy.platforms import Identifier
@@ -67,14 +67,6 @@ class AnyHost:
 
     def cannot_build(self, identifier: Identifier) -> str | None:
         return None
-
-
-@dataclass(frozen=True, slots=True)
-class ProjectPlan:
-    project: NormalizedName
-    page: ProjectPage
-    upstream_files: frozenset[str]
-    plan: Plan
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -41,7 +41,9 @@ _OFFERS: tuple[tuple[str, Format], ...] = (
 _SHORT = {"json": JSON_V1, "html": HTML_V1}
 
 
-def _parse_accept(header: str) -> list[tuple[str, float]]:
+def weighted_items(header: str) -> list[tuple[str, float]]:
+    """A header's comma-separated items with their q-values (RFC 9110 12.4.2), lowercased;
+    a q that is not a number counts as 0. Used for Accept and Accept-Encoding alike."""
     ranges: list[tuple[str, float]] = []
     for item in header.split(","):
         media, *params = (part.strip() for part in item.split(";"))
@@ -98,7 +100,7 @@ def negotiate(accept: str | None, format_param: str | None = None) -> Format | N
         accept = _SHORT.get(format_param.strip().lower(), _plus_restored(format_param))
     if accept is None or not accept.strip():
         return Format.HTML
-    ranges = _parse_accept(accept)
+    ranges = weighted_items(accept)
     best: Format | None = None
     best_key: tuple[float, int] = (0.0, -1)
     for offer, fmt in _OFFERS:
