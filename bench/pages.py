@@ -165,12 +165,15 @@ async def start_upstream(
         raise
 
 
-async def start_proxy(config: Path, log: Path) -> tuple[asyncio.subprocess.Process, str]:
+async def start_proxy(
+    config: Path, log: Path, *, pin: bool = True
+) -> tuple[asyncio.subprocess.Process, str]:
     # The same console script an operator runs, next to this interpreter in the venv.
     binary = Path(sys.executable).parent / "pythonbuild-proxy"
+    command = pinned(SERVER_CORE, str(binary)) if pin else (str(binary),)
     with log.open("wb") as log_file:  # the child keeps its own copy of the descriptor
         proc = await asyncio.create_subprocess_exec(
-            *pinned(SERVER_CORE, str(binary)),
+            *command,
             "--config",
             str(config),
             env=NO_PROXY_ENV,
@@ -428,6 +431,9 @@ async def bench(args: argparse.Namespace) -> int:
             if args.local_wheels:
                 publish_local_wheels(Path(tmp), args.local_wheels)
                 say(f"{PROJECT} is supported, with {args.local_wheels} local wheels merged in")
+            if args.workers_only:
+                await bench_workers(upstream, Path(tmp), args.quick)
+                return 0
             proxy_proc, proxy = await start_proxy(config, Path(tmp) / "proxy.log")
             try:
                 say(f"upstream: {upstream} (pid {upstream_proc.pid}, own process)")
@@ -733,6 +739,54 @@ async def bench_table(proxy: str, upstream: str, work: Path, quick: bool) -> Non
     await cold_pip(upstream, work, 1 if quick else PIP_ROUNDS)
 
 
+async def bench_workers(upstream: str, work: Path, quick: bool) -> None:
+    """Issue 12's `workers = N`: small-page throughput with 2 workers against 1, both
+    proxies up at once (the idle one costs nothing), interleaved wrk rounds, medians.
+    Neither proxy is pinned: N workers are meant to use N cores; wrk keeps its own core,
+    so on a 2-core machine the 2-worker proxy shares one core with the load generator."""
+    from bench.tools import ensure_tool
+    from tests.conftest import write_config
+
+    wrk, why = await ensure_tool("wrk", ["wrk"])
+    say(f"workers: wrk: {why}")
+    if wrk is None:
+        say("workers: no wrk: skipped")
+        return
+    rounds = 1 if quick else TABLE_ROUNDS
+    seconds = QUICK_TABLE_SECONDS if quick else TABLE_SECONDS
+    procs: list[asyncio.subprocess.Process] = []
+    targets: dict[str, str] = {}
+    try:
+        for count in (1, 2):
+            folder = work / f"workers-{count}"
+            config = write_config(folder, upstream, page_ttl=3600, workers=count)
+            proc, url = await start_proxy(config, folder / "proxy.log", pin=False)
+            procs.append(proc)
+            async with aiohttp.ClientSession() as session:  # warm: the page is then a hit
+                for _ in range(4 * count):
+                    async with session.get(f"{url}{SMALL_PROJECT}/", headers={"Accept": HTML}):
+                        pass
+            targets[f"{count} worker{'s' if count > 1 else ''}"] = url.replace("/simple/", "/")
+        say(
+            f"workers: small page, c=16, {rounds} interleaved rounds of {seconds} s, "
+            f"{os.cpu_count()} cores, wrk on core {LOAD_CORE}, proxies unpinned"
+        )
+        runs = await interleaved(wrk, work, targets, [f"/simple/{SMALL_PROJECT}/"], rounds, seconds)
+        medians = {}
+        for label, served in runs.items():
+            medians[label] = statistics.median(s.rate for s in served)
+            each = ", ".join(f"{s.rate:.0f}" for s in served)
+            errors = sum(s.errors for s in served)
+            say(
+                f"workers: {label}: runs {each} req/s; median {medians[label]:.0f}, errors {errors}"
+            )
+        ratio = medians["2 workers"] / medians["1 worker"]
+        say(f"workers: 2 workers / 1 worker: {ratio:.2f}x (issue 12 aim: 1.7x or more on 2 cores)")
+    finally:
+        for proc in procs:
+            await stop_process(proc)
+
+
 def publish_local_wheels(folder: Path, count: int) -> None:
     """Put `count` wheels of versions upstream lacks into the config's wheelhouse."""
     from proxy.wheelhouse.store import Wheelhouse
@@ -768,6 +822,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root-only", action="store_true", help="skip the page load runs")
     parser.add_argument(
         "--table-only", action="store_true", help="only issue 12's side-by-side table"
+    )
+    parser.add_argument(
+        "--workers-only", action="store_true", help="only small pages with 2 workers against 1"
     )
     # Internal: the entry point of the fixture upstream's own process.
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)

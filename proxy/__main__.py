@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import tempfile
 from collections.abc import Callable
@@ -23,9 +24,10 @@ from proxy import __version__, tokencli
 from proxy.cli import ArgumentParser
 from proxy.config import Config, ConfigError, load_config
 from proxy.server.accesslog import AccessLogger, access_logger
-from proxy.server.app import create_app
+from proxy.server.app import SINGLE, WorkerRole, create_app, prepare_shared
 from proxy.server.filestore import FileStore
 from proxy.server.scrub import Pacer, scrub_pass
+from proxy.server.workers import StartFailed, Supervisor, reserve, use_multiprocess_metrics
 from proxy.wheelhouse.store import Wheelhouse
 
 log = logging.getLogger("pythonbuild.proxy")
@@ -110,6 +112,8 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if config.proxy.workers > 1:
+        return serve_workers(config)
     try:
         asyncio.run(serve(config))
     except OSError as exc:
@@ -147,24 +151,71 @@ def check_folders(config: Config) -> None:
             raise UnusableFolder(f"{what} {folder} is unusable: {reason}") from None
 
 
-async def serve(config: Config) -> None:
+def serve_workers(config: Config) -> int:
+    """`workers = N` > 1: the parent reserves the port and supervises, N forked
+    processes serve it (proxy/server/workers.py)."""
+    try:
+        prepare_shared(config)
+        reserved = reserve(config)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    host, port = reserved.getsockname()[:2]
+
+    def one(port: int, role: WorkerRole, ready: Callable[[], None]) -> int:
+        reserved.close()  # the parent's: never listened on
+        asyncio.run(serve(config, role, port=port, ready=ready))
+        return 0
+
+    try:
+        supervisor = Supervisor(config.proxy.workers, port, use_multiprocess_metrics(), one)
+        supervisor.start()
+    except StartFailed as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    # Tests and operators read this line to learn the bound port.
+    print(f"pythonbuild-proxy listening on http://{host}:{port}/simple/", flush=True)
+    try:
+        return supervisor.run()
+    finally:
+        reserved.close()
+
+
+async def serve(
+    config: Config,
+    role: WorkerRole = SINGLE,
+    *,
+    port: int | None = None,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT: on config's host and port, or (a worker process)
+    on the port the parent reserved, shared with the other workers (SO_REUSEPORT)."""
     runner = web.AppRunner(
-        create_app(config),
+        create_app(config, role),
         handle_signals=False,
         access_log_class=AccessLogger,
         access_log=access_logger(config.proxy.access_log),
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.proxy.host, config.proxy.port, shutdown_timeout=10)
+        site = web.TCPSite(
+            runner,
+            config.proxy.host,
+            config.proxy.port if port is None else port,
+            shutdown_timeout=10,
+            reuse_port=port is not None,
+        )
         await site.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        for host, port, *_ in runner.addresses:
-            # Tests and operators read this line to learn the bound port.
-            print(f"pythonbuild-proxy listening on http://{host}:{port}/simple/", flush=True)
+        if ready is not None:
+            ready()
+        else:
+            for host, bound, *_ in runner.addresses:
+                # Tests and operators read this line to learn the bound port.
+                print(f"pythonbuild-proxy listening on http://{host}:{bound}/simple/", flush=True)
         await stop.wait()
         log.info("shutting down")
     finally:

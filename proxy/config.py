@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import configparser
 import math
+import os
 import shlex
 import sys
 from collections.abc import Mapping
@@ -46,6 +47,7 @@ _KNOWN_OPTIONS = {
             "max_upload_size",
             "lease_timeout",
             "access_log",
+            "workers",
         }
     ),
     "wheelhouse": frozenset({"path"}),
@@ -123,6 +125,8 @@ class ProxyConfig:
     max_page_size: int = DEFAULT_MAX_PAGE_SIZE  # bytes of one upstream project page
     lease_timeout: float  # seconds a build host keeps a job without a heartbeat
     access_log: bool = True  # one line per request on stderr
+    # Processes serving the one port (proxy/workers.py); 1: the single process of old.
+    workers: int = 1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -265,6 +269,7 @@ def _build(path: Path, parser: configparser.ConfigParser) -> Config:
         max_page_size=reader.size("proxy", "max_page_size") or DEFAULT_MAX_PAGE_SIZE,
         lease_timeout=reader.seconds("proxy", "lease_timeout", 600, minimum=1),
         access_log=reader.switch("proxy", "access_log", True),
+        workers=_workers(reader),
     )
     wheelhouse = WheelhouseConfig(path=base / reader.get("wheelhouse", "path", "var/wheelhouse"))
     return Config(
@@ -274,6 +279,13 @@ def _build(path: Path, parser: configparser.ConfigParser) -> Config:
         projects=MappingProxyType(projects),
         builder=builder,
     )
+
+
+def _workers(reader: _Reader) -> int:
+    raw = reader.get("proxy", "workers", str(os.cpu_count() or 1))
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 1024):
+        raise reader.fail("proxy", "workers", f"{raw!r} is not a count of processes (1-1024)")
+    return int(raw)
 
 
 def _scrub_rate(reader: _Reader) -> int:

@@ -27,7 +27,12 @@ def write_config(
 ) -> Path:
     """A config.ini in `folder` whose state lives under it."""
     folder.mkdir(parents=True, exist_ok=True)
-    options = {"host": "127.0.0.1", "port": 0, "upstream": upstream_url, "cache_dir": "cache"}
+    # One process unless a test asks for more: the several-worker path has its own
+    # tests (tests/test_workers.py); others count upstream requests of one process.
+    options: dict[str, object] = {
+        "host": "127.0.0.1", "port": 0, "upstream": upstream_url, "cache_dir": "cache",
+        "workers": 1,
+    }  # fmt: skip
     options.update(proxy)
     lines = ["[proxy]", *(f"{k} = {v}" for k, v in options.items())]
     lines += ["[wheelhouse]", "path = wheelhouse"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -360,6 +361,16 @@ def test_byte_order_mark_is_accepted(tmp_path: Path) -> None:
 def test_cache_max_size_units(tmp_path: Path, written: str, expected: int) -> None:
     config = load_text(tmp_path, f"[proxy]\ncache_max_size = {written}\n")
     assert config.proxy.cache_max_size == expected
+
+
+def test_workers_default_to_the_number_of_cores(tmp_path: Path) -> None:
+    assert load_text(tmp_path, "[proxy]\n").proxy.workers == (os.cpu_count() or 1)
+    assert load_text(tmp_path, "[proxy]\nworkers = 3\n").proxy.workers == 3
+
+
+@pytest.mark.parametrize("written", ["0", "-1", "two", "1.5", "99999"])
+def test_bad_workers_is_a_config_error(tmp_path: Path, written: str) -> None:
+    assert_one_line_error(write(tmp_path, f"[proxy]\nworkers = {written}\n"), "workers")
 
 
 @pytest.mark.parametrize("written", ["lots", "0", "-5G", "G", "1e400"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -23,6 +25,7 @@ from proxy.server.errors import (
 from proxy.server.farm import BadJobRequest, Farm, LeaseLost
 from proxy.server.files import Files
 from proxy.server.filestore import FileStore
+from proxy.server.flock import Locks
 from proxy.server.intake import Conflict, Intake, Refused, Staging, TooLarge
 from proxy.server.keys import (
     CONFIG,
@@ -42,9 +45,9 @@ from proxy.server.keys import (
     WHEELHOUSE,
 )
 from proxy.server.metrics import Metrics
-from proxy.server.pagecache import PageCache
+from proxy.server.pagecache import PageCache, prepare_page_cache
 from proxy.server.pages import Pages
-from proxy.server.rootindex import RootIndex
+from proxy.server.rootindex import RootIndex, load_and_clean
 from proxy.server.scrub import Scrubber
 from proxy.server.status import LogNotFound, Status
 from proxy.server.upstream import Upstream, UpstreamError, UpstreamTimeout
@@ -55,6 +58,9 @@ from proxy.wheelhouse.store import Wheelhouse, demand_path
 from proxy.wheelhouse.tokens import TokenStore
 
 log = logging.getLogger(__name__)
+
+# Seconds a replaced root generation stays on disk when several workers serve it.
+ROOT_GRACE = 600.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Answer = Callable[[Any], web.Response]
@@ -162,9 +168,44 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerRole:
+    """This process's place among the worker processes serving one port (issue 12)."""
+
+    index: int  # 0 runs the scrubber
+    count: int
+    metrics_dir: Path | None  # PROMETHEUS_MULTIPROC_DIR, set before prometheus_client loads
+
+    @property
+    def shared(self) -> bool:
+        """Other processes use the same caches: start-up cleans nothing of theirs, and
+        cold fetches take a lock they also take."""
+        return self.count > 1
+
+
+SINGLE = WorkerRole(index=0, count=1, metrics_dir=None)
+ROLE = web.AppKey("role", WorkerRole)
+
+
+def prepare_shared(config: Config) -> None:
+    """Once, before the worker processes start: remove what a crash left in the shared
+    caches (each worker keeps the others' work in progress), and create the databases
+    (two processes switching a new SQLite file to WAL at once fail). Blocking."""
+    cache_dir = config.proxy.cache_dir
+    FileStore(cache_dir / "files", None).clean_leftovers()
+    load_and_clean(cache_dir / "root")
+    Staging(config.wheelhouse.path).clean()
+    prepare_page_cache(cache_dir / "pages")
+    config.wheelhouse.path.mkdir(parents=True, exist_ok=True)
+    DemandQueue(demand_path(config)).close()
+    FarmDB(config.wheelhouse.path / FARM_DB, config.proxy.lease_timeout).close()
+
+
 async def _state(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    role = app[ROLE]
     cache_dir = config.proxy.cache_dir
+    locks = await asyncio.to_thread(Locks, cache_dir / "locks") if role.shared else None
     spool = cache_dir / "spool"  # large upstream pages while they arrive (unlinked files)
     await asyncio.to_thread(spool.mkdir, parents=True, exist_ok=True)
     upstream = Upstream(
@@ -192,27 +233,37 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
         ttl=config.proxy.page_ttl,
         swr=config.proxy.page_swr,
         negative_ttl=config.proxy.negative_ttl,
+        locks=locks,
     )
     pages = Pages(config, page_cache, wheelhouse, upstream)
     app[PAGES] = pages
-    root = RootIndex(cache_dir / "root", upstream, app[METRICS], ttl=config.proxy.root_ttl)
-    await root.open()
+    root = RootIndex(
+        cache_dir / "root",
+        upstream,
+        app[METRICS],
+        ttl=config.proxy.root_ttl,
+        grace=ROOT_GRACE if role.shared else 0,
+    )
+    await root.open(clean=not role.shared)
     app[ROOT] = root
     store = FileStore(
         cache_dir / "files",
         config.proxy.cache_max_size,
         on_corrupt=lambda: metrics.file_failures.inc(kind="corrupt"),
     )
-    await asyncio.to_thread(store.open)
+    await asyncio.to_thread(store.open, clean=not role.shared)
+    if role.shared:
+        await asyncio.to_thread(store.evict)
     app[STORE] = store
-    downloads = Downloader(store, upstream, metrics)
+    downloads = Downloader(store, upstream, metrics, locks)
     app[DOWNLOADS] = downloads
     config.wheelhouse.path.mkdir(parents=True, exist_ok=True)
     tokens = TokenStore(config.wheelhouse.path)
     await asyncio.to_thread(tokens.reload)
     app[TOKENS] = tokens
     staging = Staging(config.wheelhouse.path)
-    await asyncio.to_thread(staging.clean)
+    if not role.shared:
+        await asyncio.to_thread(staging.clean)
     app[STAGING] = staging
     app[INTAKE] = Intake(config, wheelhouse, pages)
     demand = await asyncio.to_thread(DemandQueue, demand_path(config))
@@ -242,7 +293,8 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
         rate=config.proxy.scrub_rate,
         interval=config.proxy.scrub_interval,
     )
-    scrubber.start()
+    if role.index == 0:  # one scrubber among the worker processes
+        scrubber.start()
     try:
         yield
     finally:
@@ -255,10 +307,11 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
         await upstream.close()
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, role: WorkerRole = SINGLE) -> web.Application:
     app = web.Application(middlewares=[edge])
     app[CONFIG] = config
-    app[METRICS] = Metrics()
+    app[ROLE] = role
+    app[METRICS] = Metrics(multiprocess_dir=role.metrics_dir)
     app.cleanup_ctx.append(_state)
     statusviews.setup(app)
     app.router.add_get("/", statusviews.index)

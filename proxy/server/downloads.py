@@ -25,6 +25,7 @@ from yarl import URL
 from proxy.config import HostPort
 from proxy.server.errors import FileUnavailable, TransferFailed
 from proxy.server.filestore import FileStore, Partial, StoreError
+from proxy.server.flock import Locks
 from proxy.server.metrics import Metrics
 from proxy.server.upstream import Upstream, UpstreamError, UpstreamTimeout
 
@@ -151,8 +152,12 @@ class Follower:
 
 
 class Downloader:
-    def __init__(self, store: FileStore, upstream: Upstream, metrics: Metrics) -> None:
+    def __init__(
+        self, store: FileStore, upstream: Upstream, metrics: Metrics, locks: Locks | None = None
+    ) -> None:
         self._store = store
+        # Shared with the other worker processes: one upstream fetch per file among them.
+        self._locks = locks
         self._upstream = upstream
         self._metrics = metrics
         self._active: dict[str, Download] = {}
@@ -239,6 +244,39 @@ class Downloader:
             await asyncio.gather(*stages, return_exceptions=True)
 
     async def _run(self, download: Download) -> None:
+        if self._locks is None:
+            await self._fetch(download)
+            return
+        try:
+            async with self._locks.hold(f"file-{download.source.sha256}"):
+                # Another worker may have fetched it since we looked (while we waited for
+                # the lock, or just before): it is served from disk then (follow()
+                # answers None: there is no partial here).
+                held = await asyncio.to_thread(self._store.lookup, download.source.sha256)
+                if held is not None:
+                    self._store.release(download.source.sha256)
+                    download.path = held.path
+                    self._active.pop(download.source.sha256, None)
+                    download.finished.set()
+                    download.started.set()
+                    return
+                await self._fetch(download)
+        except (OSError, asyncio.CancelledError) as exc:
+            if not download.finished.is_set():
+                # Ended before the fetch began: the lock file could not be made, or shutdown.
+                if isinstance(exc, OSError):
+                    log.warning("download of %s failed: %s", download.source.url, exc)
+                    self._metrics.file_failures.inc(kind="fetch")
+                    download.error = exc
+                else:
+                    download.error = UpstreamError("cancelled", "proxy shutting down")
+                self._active.pop(download.source.sha256, None)
+                download.finished.set()
+                download.started.set()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    async def _fetch(self, download: Download) -> None:
         source = download.source
         started = time.monotonic()
         partial: Partial | None = None

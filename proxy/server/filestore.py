@@ -224,9 +224,12 @@ class FileStore:
         """The verified, pinned file, or None. Call release() when done with it."""
         with self._lock:
             entry = self._index.get(sha256)
+            if entry is not None:
+                entry.pins += 1  # before any I/O: eviction skips it from now on
+        if entry is None:
+            entry = self._adopt(sha256)
             if entry is None:
                 return None
-            entry.pins += 1  # before any I/O: eviction skips it from now on
         path = self.path(sha256)
         try:
             st = self._checked_stat(sha256)
@@ -247,6 +250,28 @@ class FileStore:
             return None
         self._touch(sha256, entry)
         return CachedFile(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+    def _adopt(self, sha256: str) -> _Entry | None:
+        """A file another worker process committed (issue 12), indexed and pinned here;
+        None if there is none. Unverified: lookup() hashes it before its first serve."""
+        try:
+            st = self._checked_stat(sha256)
+        except OSError:
+            return None
+        with self._lock:
+            entry = self._index.get(sha256)
+            if entry is None:
+                entry = self._index[sha256] = _Entry(size=st.st_size, touched_ns=time.time_ns())
+                self.total += st.st_size
+            entry.pins += 1
+        return entry
+
+    def clean_leftovers(self) -> None:
+        """Drop the downloads a crash left in tmp/: before any worker process starts, as
+        open() cannot once several share the store (it would drop the others' downloads)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._dir(TMP, fresh=True):
+            pass
 
     def recently_checked(self, sha256: str) -> CachedFile | None:
         """The file, pinned, if lookup() checked it within RECHECK_NS and one lstat shows

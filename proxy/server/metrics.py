@@ -139,6 +139,11 @@ class Metrics:
     def observe_upstream(self, seconds: float) -> None:
         self.upstream_latency.observe(seconds)
 
+    @property
+    def multiprocess(self) -> bool:
+        """Summed over worker processes: render() and sample() read files (blocking)."""
+        return self._multiprocess_dir is not None
+
     def _reported(self) -> CollectorRegistry:
         """The registry /metrics reports: this app's, or every worker's in multiprocess mode
         (read from their files: blocking)."""

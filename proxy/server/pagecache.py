@@ -30,6 +30,7 @@ import diskcache
 from packaging.utils import canonicalize_name
 
 from proxy.server import pagecodec
+from proxy.server.flock import Locks
 from proxy.server.lru import ByteLRU
 from proxy.server.metrics import Metrics
 from proxy.server.singleflight import SingleFlight
@@ -81,6 +82,7 @@ class PageCache:
         negative_ttl: float,
         swr: float = 0,
         memory_budget: int = 128 * 1024 * 1024,
+        locks: Locks | None = None,
     ) -> None:
         self._disk = _open_disk(directory)
         self._upstream = upstream
@@ -91,6 +93,8 @@ class PageCache:
         self._memory: ByteLRU[str, CachedPage] = ByteLRU(memory_budget)
         self._generations = itertools.count(1)
         self._flights: SingleFlight[PageResult] = SingleFlight()
+        # Shared with the other worker processes: one upstream fetch per page among them.
+        self._locks = locks
 
     async def close(self) -> None:
         await self._flights.drain()
@@ -134,6 +138,21 @@ class PageCache:
         return await self._flights.run(name, lambda: self._refresh(name, entry))
 
     async def _refresh(self, name: str, held: CachedPage | None) -> PageResult:
+        if self._locks is None:
+            return await self._fetch(name, held)
+        async with self._locks.hold(f"page-{name}"):
+            # Another worker may have fetched it since we looked (while we waited for the
+            # lock, or just before): its copy is on disk.
+            kept = await asyncio.to_thread(self._load, name)
+            if kept is not None and (held is None or kept.fetched_at > held.fetched_at):
+                held = kept
+                self._memory.put(name, kept, kept.size)
+                if kept.age(time.time()) < self._lifetime(kept):
+                    self._metrics.page_cache.inc(result="hit" if kept.page else "negative")
+                    return PageResult(kept, CacheStatus.HIT, kept.fetched_at + self._lifetime(kept))
+            return await self._fetch(name, held)
+
+    async def _fetch(self, name: str, held: CachedPage | None) -> PageResult:
         validators = held.validators if held is not None and held.page else Validators()
         try:
             resp = await self._upstream.fetch_page(name, validators)
@@ -279,6 +298,11 @@ def _open_disk(directory: Path) -> diskcache.Cache:
     return diskcache.Cache(
         str(directory), eviction_policy="none", disk_min_file_size=_IN_DATABASE_ONLY
     )
+
+
+def prepare_page_cache(directory: Path) -> None:
+    """Create (or recover) the database before several processes open it at once."""
+    _open_disk(directory).close()
 
 
 def _retrieve(task: asyncio.Future[PageResult]) -> None:

@@ -126,9 +126,18 @@ class RootInProgress:
 
 class RootIndex:
     def __init__(
-        self, directory: Path, upstream: Upstream, metrics: Metrics, *, ttl: float
+        self,
+        directory: Path,
+        upstream: Upstream,
+        metrics: Metrics,
+        *,
+        ttl: float,
+        grace: float = 0,
     ) -> None:
         self._dir = directory
+        # Seconds a replaced generation is kept (0: at once): other worker processes
+        # may serve theirs until they next look at `current`.
+        self._grace = grace
         self._upstream = upstream
         self._metrics = metrics
         self._ttl = ttl
@@ -138,8 +147,10 @@ class RootIndex:
         # answer is known to be a root (or to the fetch's end, if that comes first).
         self._cold: asyncio.Future[RootInProgress | RootGeneration] | None = None
 
-    async def open(self) -> None:
-        self._held = await asyncio.to_thread(self._load_and_clean)
+    async def open(self, *, clean: bool = True) -> None:
+        """Load the current generation; `clean`: remove every other one and every
+        unfinished fetch (False when other worker processes may be writing theirs)."""
+        self._held = await asyncio.to_thread(self._load_and_clean, clean)
 
     async def close(self) -> None:
         await self._flight.drain()
@@ -177,6 +188,12 @@ class RootIndex:
 
     async def _refresh(self) -> RootGeneration:
         held = self._held
+        # Another worker process may have fetched a newer root already: take it.
+        current = await asyncio.to_thread(self._load_current)
+        if current is not None and (held is None or current.fetched_at > held.fetched_at):
+            self._held = held = current
+            if time.time() - current.fetched_at < self._ttl:
+                return current
         validators = held.validators if held is not None else Validators()
         url = str(self._upstream.root)
         started = time.time()
@@ -228,46 +245,67 @@ class RootIndex:
 
     # -- disk (worker threads) --------------------------------------------------
 
+    def _load_current(self) -> RootGeneration | None:
+        return load_current(self._dir)
+
+    def _load_and_clean(self, clean: bool = True) -> RootGeneration | None:
+        return load_and_clean(self._dir, clean)
+
     def _switch(self, generation: RootGeneration, previous: RootGeneration | None) -> None:
         """Point `current` at the new generation, then drop all but it and the previous
         one (a request may still be about to open the previous one's files)."""
         write_atomically(self._dir / POINTER, generation.folder.name.encode())
         keep = {generation.folder, previous.folder if previous else None}
         for old in self._dir.glob("gen-*"):
-            if old not in keep:
+            if old not in keep and (not self._grace or _older_than(old, self._grace)):
+                # Another worker process may still serve a younger one for a while.
                 _remove(old)
 
-    def _load_and_clean(self) -> RootGeneration | None:
-        """The generation `current` names, if it is whole; everything else is removed.
 
-        Nothing is read or served through a symlink: a planted link (the folder itself,
-        `current`, a generation, one of its files) is never taken for ours."""
-        _real_dir(self._dir)
-        current: RootGeneration | None = None
-        try:
-            name = _read_regular(self._dir / POINTER).decode().strip()
-            folder = self._dir / name
-            if name.startswith("gen-") and "/" not in name and _is_real_dir(folder):
-                meta = json.loads(_read_regular(folder / META_NAME))
-                for file in (HTML_NAME, JSON_NAME):
-                    if not stat.S_ISREG((folder / file).lstat().st_mode):
-                        raise ValueError(f"{folder / file} is not a regular file")
-                current = RootGeneration(
-                    folder,
-                    float(meta["fetched_at"]),
-                    Validators(meta["etag"], meta["last_modified"]),
-                    meta["serial"],
-                    int(meta["count"]),
-                )
-        except (OSError, ValueError, KeyError, TypeError):
-            current = None
-        # Leftovers of a crash: unfinished fetches and generations never switched in.
-        for path in self._dir.iterdir():
-            if path.name.startswith(("tmp-", "gen-")) and (
-                current is None or path != current.folder
-            ):
-                _remove(path)
+def load_current(directory: Path) -> RootGeneration | None:
+    """The generation `current` names, if it is whole; None otherwise."""
+    current: RootGeneration | None = None
+    try:
+        name = _read_regular(directory / POINTER).decode().strip()
+        folder = directory / name
+        if name.startswith("gen-") and "/" not in name and _is_real_dir(folder):
+            meta = json.loads(_read_regular(folder / META_NAME))
+            for file in (HTML_NAME, JSON_NAME):
+                if not stat.S_ISREG((folder / file).lstat().st_mode):
+                    raise ValueError(f"{folder / file} is not a regular file")
+            current = RootGeneration(
+                folder,
+                float(meta["fetched_at"]),
+                Validators(meta["etag"], meta["last_modified"]),
+                meta["serial"],
+                int(meta["count"]),
+            )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return current
+
+
+def load_and_clean(directory: Path, clean: bool = True) -> RootGeneration | None:
+    """The generation `current` names, if it is whole; everything else is removed.
+
+    Nothing is read or served through a symlink: a planted link (the folder itself,
+    `current`, a generation, one of its files) is never taken for ours."""
+    _real_dir(directory)
+    current = load_current(directory)
+    if not clean:
         return current
+    # Leftovers of a crash: unfinished fetches and generations never switched in.
+    for path in directory.iterdir():
+        if path.name.startswith(("tmp-", "gen-")) and (current is None or path != current.folder):
+            _remove(path)
+    return current
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.lstat().st_mtime > seconds
+    except OSError:
+        return False
 
 
 def _real_dir(path: Path) -> None:

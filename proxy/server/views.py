@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiohttp import web
@@ -145,8 +146,11 @@ async def health(request: web.Request) -> web.StreamResponse:
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
+    metrics = request.app[METRICS]
+    # Several workers: every process's counters are read from their files (blocking).
+    text = await asyncio.to_thread(metrics.render) if metrics.multiprocess else metrics.render()
     return web.Response(
-        text=request.app[METRICS].render(),
+        text=text,
         content_type="text/plain",
         charset="utf-8",
         headers={"Cache-Control": "no-store"},
