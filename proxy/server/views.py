@@ -56,34 +56,54 @@ async def project_page(request: web.Request) -> web.StreamResponse:
     return _page_response(request, page, offers_gzip)
 
 
+# The headers of a page answer, made once per rendering and freshness second: a handful
+# of distinct pages are asked thousands of times a second. Bounded by clearing.
+_HEADERS_MAX = 1024
+_HeadersKey = tuple[str, str, CacheStatus, int | None, bool, int]
+_headers: dict[_HeadersKey, dict[str, str]] = {}
+
+
+def _page_headers(page: Page, etag: str) -> dict[str, str]:
+    """The answer's headers (aiohttp copies them into each response: never mutated)."""
+    key = (etag, page.format.value, page.cache, page.serial, page.stale, page.max_age)
+    headers = _headers.get(key)
+    if headers is None:
+        headers = {
+            "Content-Type": page.format.value,
+            "Vary": "Accept, Accept-Encoding",
+            "ETag": etag,
+            "Cache-Control": "max-age=0, must-revalidate"
+            if page.stale
+            else f"max-age={page.max_age}, public",
+            "X-Cache": page.cache.header,
+        }
+        if page.serial is not None:
+            headers["X-PyPI-Last-Serial"] = str(page.serial)
+        if len(_headers) >= _HEADERS_MAX:
+            _headers.clear()
+        _headers[key] = headers
+    return headers
+
+
 def _page_response(request: web.Request, page: Page, offers_gzip: bool) -> web.Response:
     # The gzipped copy was made once for this rendering; never compressed per request.
     gzipped = page.gzip if offers_gzip else None
     etag = page.gzip_etag if gzipped is not None else page.etag
-    headers = {
-        "Content-Type": page.format.value,
-        "Vary": "Accept, Accept-Encoding",
-        "ETag": etag,
-        "Cache-Control": "max-age=0, must-revalidate"
-        if page.stale
-        else f"max-age={page.max_age}, public",
-        "X-Cache": page.cache.header,
-    }
-    if page.serial is not None:
-        headers["X-PyPI-Last-Serial"] = str(page.serial)
-    # RFC 9110 13.1.2: weak comparison, and "*" matches any current representation.
-    held = {tag.value for tag in request.if_none_match or ()}
-    if "*" in held:
-        return web.Response(status=304, headers=headers)
-    # A client holding either form of this rendering holds it still: a 304 names the
-    # form it holds (a cache that stored the plain body before the gzip was made).
-    for form in (etag, page.etag, page.gzip_etag if page.gzip is not None else None):
-        if form is not None and form.strip('"') in held:
-            headers["ETag"] = form
+    headers = _page_headers(page, etag)
+    if "If-None-Match" in request.headers:
+        # RFC 9110 13.1.2: weak comparison, and "*" matches any current representation.
+        held = {tag.value for tag in request.if_none_match or ()}
+        if "*" in held:
             return web.Response(status=304, headers=headers)
+        # A client holding either form of this rendering holds it still: a 304 names
+        # the form it holds (a cache that stored the plain body before the gzip was made).
+        for form in (etag, page.etag, page.gzip_etag if page.gzip is not None else None):
+            if form is not None and form.strip('"') in held:
+                named = {**headers, "ETag": form}
+                return web.Response(status=304, headers=named)
     if gzipped is not None:
-        headers["Content-Encoding"] = "gzip"
-    return web.Response(body=page.body if gzipped is None else gzipped, headers=headers)
+        return web.Response(body=gzipped, headers={**headers, "Content-Encoding": "gzip"})
+    return web.Response(body=page.body, headers=headers)
 
 
 async def root_index(request: web.Request) -> web.StreamResponse:
