@@ -139,3 +139,26 @@ def test_a_hot_hit_skips_the_thread_but_never_a_changed_file(tmp_path: Path) -> 
     path.unlink()
     path.symlink_to(target)
     assert store2.recently_checked(sha2) is None
+
+
+def test_two_stores_on_one_folder_share_files_as_worker_processes_do(tmp_path: Path) -> None:
+    """Each worker process has its own index over the shared folder (issue 12): a file
+    another one committed is found (and verified) on a miss; one it evicted is a miss
+    here, not a corrupt file."""
+    other = FileStore(tmp_path / "files", None, on_corrupt=lambda: corrupt.append(1))
+    corrupt: list[int] = []
+    other.open(clean=False)
+    content = b"y" * 10_000
+    writer, sha = _store_one(tmp_path / "files", content)
+    held = other.lookup(sha)
+    assert held is not None and held.path.read_bytes() == content
+    other.release(sha)
+    writer.max_size = 1  # the writer's cap evicts it
+    assert writer.evict() == [sha]
+    assert other.lookup(sha) is None
+    assert corrupt == []
+    # A damaged file another worker left is still caught before it is served.
+    writer2, sha2 = _store_one(tmp_path / "files", b"z" * 5_000)
+    writer2.path(sha2).write_bytes(b"not it")
+    assert other.lookup(sha2) is None
+    assert corrupt == [1]

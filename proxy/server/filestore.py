@@ -240,6 +240,13 @@ class FileStore:
                     raise OSError(f"{path} does not match its sha256")
                 entry.signature = signature
             entry.checked_ns = time.monotonic_ns()
+        except FileNotFoundError:
+            # Gone, not damaged: another worker process evicted it (or the operator
+            # removed it). Forgotten here; the caller fetches it again.
+            with self._lock:
+                entry.pins -= 1
+                self._forget(sha256)
+            return None
         except OSError as exc:
             log.warning("file cache: %s; fetching it again", exc)
             self._on_corrupt()

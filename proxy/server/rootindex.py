@@ -31,11 +31,12 @@ import shutil
 import stat
 import tempfile
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from itertools import repeat
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 import ijson
 from packaging.utils import InvalidName, canonicalize_name, is_normalized_name
@@ -49,6 +50,7 @@ from proxy.simple.negotiate import PAGE_ACCEPT
 from proxy.simple.parse import HTML_TYPES, JSON_TYPES, PageFormatError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 HTML_NAME = "root.html"
 JSON_NAME = "root.json"
@@ -224,10 +226,9 @@ class RootIndex:
             try:
                 async for chunk in resp.content.iter_chunked(1 << 18):
                     progress.advance(await asyncio.to_thread(writer.feed, chunk))
-                generation = await asyncio.to_thread(
-                    writer.finish,
-                    started,
-                    Validators(resp.headers.get("ETag"), resp.headers.get("Last-Modified")),
+                validators = Validators(resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
+                generation = await _uncancellable(
+                    asyncio.to_thread(self._finish_and_switch, writer, started, validators, held)
                 )
             except PageFormatError as exc:
                 await asyncio.to_thread(writer.discard)
@@ -238,7 +239,6 @@ class RootIndex:
                 await asyncio.to_thread(writer.discard)
                 progress.end(None, exc)
                 raise
-        await asyncio.to_thread(self._switch, generation, held)
         self._held = generation
         progress.end(generation, None)
         return generation
@@ -250,6 +250,17 @@ class RootIndex:
 
     def _load_and_clean(self, clean: bool = True) -> RootGeneration | None:
         return load_and_clean(self._dir, clean)
+
+    def _finish_and_switch(
+        self,
+        writer: _RootWriter,
+        started: float,
+        validators: Validators,
+        previous: RootGeneration | None,
+    ) -> RootGeneration:
+        generation = writer.finish(started, validators)
+        self._switch(generation, previous)
+        return generation
 
     def _switch(self, generation: RootGeneration, previous: RootGeneration | None) -> None:
         """Point `current` at the new generation, then drop all but it and the previous
@@ -299,6 +310,19 @@ def load_and_clean(directory: Path, clean: bool = True) -> RootGeneration | None
         if path.name.startswith(("tmp-", "gen-")) and (current is None or path != current.folder):
             _remove(path)
     return current
+
+
+async def _uncancellable(work: Awaitable[T]) -> T:
+    """Await work that must not stop halfway (a finished generation renamed in but never
+    pointed at): cancelled meanwhile (shutdown), it still ends before this raises."""
+    future = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        if not future.cancelled():
+            future.exception()  # retrieved: shutdown is what the caller hears of
+        raise
 
 
 def _older_than(path: Path, seconds: float) -> bool:
