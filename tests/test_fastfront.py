@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.server.fastfront import _read_head
 from tests.conftest import BIN, ProxyProcess, client_env, run, write_config
 from tests.dists import make_sdist, make_wheel
 from tests.samples import parse_samples
@@ -346,3 +347,54 @@ async def test_a_published_wheel_shows_at_once_on_a_page_the_front_held(
     await conn.close()
     assert after.status == 200 and wheel.filename.encode() in after.body
     assert await proxy.stop() == 0
+
+
+PIP_HEAD = (
+    "GET /simple/grpcio-tools/ HTTP/1.1\r\nHost: 127.0.0.1:3141\r\n"
+    'User-Agent: pip/24.0 {"ci":null,"cpu":"arm64"}\r\nAccept-Encoding: gzip, deflate\r\n'
+    "Accept: application/vnd.pypi.simple.v1+json, text/html; q=0.01\r\n"
+    "Connection: Keep-Alive\r\nCache-Control: max-age=0"
+)
+
+
+def test_the_front_reads_the_heads_clients_send() -> None:
+    assert _read_head(PIP_HEAD) == (
+        "grpcio-tools",
+        "application/vnd.pypi.simple.v1+json, text/html; q=0.01",
+        "gzip, deflate",
+    )
+    assert _read_head("GET /simple/a/ HTTP/1.1") == ("a", None, None)
+    assert _read_head("GET /simple/a/ HTTP/1.1\r\nAccept:\r\nX-Empty:") == ("a", "", None)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        "get /simple/a/ HTTP/1.1",
+        "GET /simple/a/ HTTP/1.0",
+        "GET /simple/a/?format=x HTTP/1.1",
+        "GET /simple/A/ HTTP/1.1",
+        "GET /simple/a_b/ HTTP/1.1",
+        "GET /simple/a/  HTTP/1.1",
+        "GET http://h/simple/a/ HTTP/1.1",
+        "GET /simple/a/ HTTP/1.1\r\nHost : x",
+        "GET /simple/a/ HTTP/1.1\r\nX: a\r\n folded",
+        "GET /simple/a/ HTTP/1.1\r\nX: a\tb",
+        "GET /simple/a/ HTTP/1.1\r\nX: a\x1bb",
+        "GET /simple/a/ HTTP/1.1\r\nX: a\nY: b",
+        "GET /simple/a/ HTTP/1.1\r\nno colon",
+        "GET /simple/a/ HTTP/1.1\r\n: no name",
+        "GET /simple/a/ HTTP/1.1\r\nAccept: text/html\r\naccept: text/html",
+        "GET /simple/a/ HTTP/1.1\r\nAccept-Encoding: gzip\r\nAccept-Encoding: br",
+        "GET /simple/a/ HTTP/1.1\r\nContent-Length: 0",
+        "GET /simple/a/ HTTP/1.1\r\nTransfer-Encoding: chunked",
+        "GET /simple/a/ HTTP/1.1\r\nConnection: close",
+        "GET /simple/a/ HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: h2c",
+        "GET /simple/a/ HTTP/1.1\r\nExpect: 100-continue",
+        "GET /simple/a/ HTTP/1.1\r\nIf-None-Match: *",
+        "GET /simple/a/ HTTP/1.1\r\nIf-Modified-Since: Tue, 01 Dec 2026 00:00:00 GMT",
+        "GET /simple/a/ HTTP/1.1\r\nRange: bytes=0-1",
+    ],
+)
+def test_the_front_leaves_every_other_head_to_aiohttp(head: str) -> None:
+    assert _read_head(head) is None
