@@ -434,6 +434,9 @@ async def bench(args: argparse.Namespace) -> int:
             if args.workers_only:
                 await bench_workers(upstream, Path(tmp), args.quick)
                 return 0
+            if args.pip_only:
+                await cold_pip(upstream, Path(tmp), args.pip_rounds)
+                return 0
             proxy_proc, proxy = await start_proxy(config, Path(tmp) / "proxy.log")
             try:
                 say(f"upstream: {upstream} (pid {upstream_proc.pid}, own process)")
@@ -825,6 +828,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--workers-only", action="store_true", help="only small pages with 2 workers against 1"
+    )
+    parser.add_argument(
+        "--pip-only", action="store_true", help="only the table's cold `pip download` row"
+    )
+    parser.add_argument(
+        "--pip-rounds",
+        type=int,
+        default=PIP_ROUNDS,
+        help=f"rounds of the cold `pip download` with --pip-only (default {PIP_ROUNDS})",
     )
     # Internal: the entry point of the fixture upstream's own process.
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
