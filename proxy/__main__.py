@@ -25,7 +25,9 @@ from proxy.cli import ArgumentParser
 from proxy.config import Config, ConfigError, load_config
 from proxy.server.accesslog import AccessLogger, access_logger
 from proxy.server.app import SINGLE, WorkerRole, create_app, prepare_shared
+from proxy.server.fastfront import Front, FrontSite
 from proxy.server.filestore import FileStore
+from proxy.server.keys import METRICS, PAGES
 from proxy.server.scrub import Pacer, scrub_pass
 from proxy.server.workers import StartFailed, Supervisor, reserve, use_multiprocess_metrics
 from proxy.wheelhouse.store import Wheelhouse
@@ -190,16 +192,23 @@ async def serve(
 ) -> None:
     """Serve until SIGTERM or SIGINT: on config's host and port, or (a worker process)
     on the port the parent reserved, shared with the other workers (SO_REUSEPORT)."""
+    app = create_app(config, role)
     runner = web.AppRunner(
-        create_app(config, role),
+        app,
         handle_signals=False,
         access_log_class=AccessLogger,
         access_log=access_logger(config.proxy.access_log),
     )
     await runner.setup()
     try:
-        site = web.TCPSite(
+
+        def front(server: web.Server) -> Front:
+            # Warm pages answered by the connection's protocol; aiohttp's handler the rest.
+            return Front(server, app[PAGES], app[METRICS], access_log=config.proxy.access_log)
+
+        site = FrontSite(
             runner,
+            front,
             config.proxy.host,
             config.proxy.port if port is None else port,
             shutdown_timeout=10,

@@ -74,6 +74,13 @@ class Metrics:
             "HTTP requests served, by route and status.",
             ("route", "status"),
         )
+        self.front_answers = Counter(
+            r,
+            "pythonbuild_front_answers_total",
+            "Requests answered by the fast front (warm pages, from memory), without "
+            "aiohttp's request handling; also counted in pythonbuild_requests_total.",
+            (),
+        )
         self.page_cache = Counter(
             r,
             "pythonbuild_page_cache_total",

@@ -56,7 +56,7 @@ async def project_page(request: web.Request) -> web.StreamResponse:
     return _page_response(request, page, offers_gzip)
 
 
-def _page_headers(page: Page, etag: str) -> dict[str, str]:
+def page_headers(page: Page, etag: str) -> dict[str, str]:
     """The answer's headers. Built per request: a dict of six strings costs about a
     microsecond, and a module-level memo of them bought no measurable throughput."""
     headers = {
@@ -77,7 +77,7 @@ def _page_response(request: web.Request, page: Page, offers_gzip: bool) -> web.R
     # The gzipped copy was made once for this rendering; never compressed per request.
     gzipped = page.gzip if offers_gzip else None
     etag = page.gzip_etag if gzipped is not None else page.etag
-    headers = _page_headers(page, etag)
+    headers = page_headers(page, etag)
     if "If-None-Match" in request.headers:
         # RFC 9110 13.1.2: weak comparison, and "*" matches any current representation.
         held = {tag.value for tag in request.if_none_match or ()}

@@ -1,0 +1,400 @@
+"""The fast front (proxy/server/fastfront.py), in a real proxy process over raw sockets:
+a warm page it answers is the answer aiohttp's path gives; every request it does not
+read as a plain GET of a warm page reaches aiohttp with its bytes intact, pipelined or
+not; a client that never reads holds little of the proxy's memory; shutdown closes it."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from proxy.server.fastfront import _read_head
+from tests.conftest import BIN, ProxyProcess, client_env, run, write_config
+from tests.dists import make_sdist, make_wheel
+from tests.samples import parse_samples
+from tests.upstream import FixtureUpstream
+
+StartProxy = Callable[..., ProxyProcess]
+HTML = "text/html"
+JSON = "application/vnd.pypi.simple.v1+json"
+FRONT = "pythonbuild_front_answers_total"
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        found = [v for k, v in self.headers if k.lower() == name.lower()]
+        assert len(found) <= 1, found
+        return found[0] if found else None
+
+    def comparable(self) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Status, headers but Date (by name, sorted), body."""
+        kept = sorted((k.lower(), v) for k, v in self.headers if k.lower() != "date")
+        return self.status, kept, self.body
+
+
+class Connection:
+    """One keep-alive connection, requests written as raw bytes, answers read in order."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, base: str) -> Connection:
+        host, port = base.removeprefix("http://").split("/", 1)[0].rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port), limit=2**24)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def read(self, *, head: bool = False) -> Response:
+        status_line = await self.reader.readuntil(b"\r\n")
+        version, status, *_ = status_line.decode("latin-1").split(" ", 2)
+        assert version in ("HTTP/1.1", "HTTP/1.0"), status_line
+        headers = []
+        while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
+            name, _, value = line.decode("latin-1").rstrip("\r\n").partition(":")
+            headers.append((name, value.strip()))
+        response = Response(int(status), headers, b"")
+        length = response.header("Content-Length")
+        if not head and length is not None:
+            response.body = await self.reader.readexactly(int(length))
+        return response
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+def get(path: str, *headers: str) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", "Host: proxy", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def front_answers(base: str) -> float:
+    conn = await Connection.open(base)
+    try:
+        # Through aiohttp's path (another route): never counted by the front itself.
+        await conn.send(get("/metrics", "Connection: close"))
+        response = await conn.read()
+    finally:
+        await conn.close()
+    assert response.status == 200
+    return parse_samples(response.body.decode()).get((FRONT, frozenset()), 0.0)
+
+
+async def started(
+    proxy_process: StartProxy, tmp_path: Path, upstream: FixtureUpstream
+) -> tuple[ProxyProcess, str]:
+    proxy = proxy_process(write_config(tmp_path, upstream.url), tmp_path / "log")
+    base = (await proxy.start()).removesuffix("simple/")
+    return proxy, base
+
+
+async def warm(base: str, path: str, *headers: str) -> Response:
+    """The page fetched until the front answers it (the first fetch fills the caches),
+    each time on a new connection: one aiohttp took stays aiohttp's."""
+    before = await front_answers(base)
+    for _ in range(3):
+        conn = await Connection.open(base)
+        await conn.send(get(path, *headers))
+        response = await conn.read()
+        await conn.close()
+        if await front_answers(base) > before:
+            return response
+    raise AssertionError(f"the front never answered {path}")
+
+
+# A header that sends the request to aiohttp's path and changes nothing in its answer
+# (a condition no representation matches).
+TO_AIOHTTP = 'If-None-Match: "no-such-tag"'
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        (f"Accept: {HTML}",),
+        (f"Accept: {JSON}",),
+        ("Accept: application/vnd.pypi.simple.v1+html, application/json;q=0.5",),
+        (),  # no Accept: HTML, as PEP 691 says
+        (f"Accept: {HTML}", "Accept-Encoding: gzip, br", "User-Agent: pip/24.0"),
+    ],
+    ids=["html", "json", "v1-html", "no-accept", "gzip"],
+)
+async def test_a_warm_page_from_the_front_is_aiohttps_answer(
+    proxy_process: StartProxy,
+    upstream: FixtureUpstream,
+    tmp_path: Path,
+    headers: tuple[str, ...],
+) -> None:
+    upstream.add("demo", make_sdist("demo", "1.0"), make_wheel("demo", "1.0"))
+    proxy, base = await started(proxy_process, tmp_path, upstream)
+    fronted = await warm(base, "/simple/demo/", *headers)
+    if any("gzip" in h for h in headers):
+        # The gzipped copy is made in the background once asked for twice.
+        deadline = time.monotonic() + 10
+        while fronted.header("Content-Encoding") != "gzip":
+            assert time.monotonic() < deadline, "the gzipped copy was never made"
+            fronted = await warm(base, "/simple/demo/", *headers)
+        assert b"demo-1.0.tar.gz" in gzip.decompress(fronted.body)
+    conn = await Connection.open(base)
+    await conn.send(get("/simple/demo/", *headers, TO_AIOHTTP))
+    through_aiohttp = await conn.read()
+    await conn.close()
+    assert fronted.status == 200 and fronted.header("X-Cache") == "HIT"
+    assert fronted.header("Date") is not None
+    assert fronted.comparable() == through_aiohttp.comparable()
+    assert upstream.requests["/simple/demo/"] == 1
+    assert await proxy.stop() == 0
+
+
+async def test_pipelined_requests_are_answered_in_order_across_the_handoff(
+    proxy_process: StartProxy, upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    upstream.add("demo", make_sdist("demo", "1.0"))
+    upstream.add("other", make_sdist("other", "2.0"))
+    proxy, base = await started(proxy_process, tmp_path, upstream)
+    page = await warm(base, "/simple/demo/")
+    before = await front_answers(base)
+    conn = await Connection.open(base)
+    # One write: two warm pages, then a route of aiohttp's, a warm page and a cold one,
+    # which aiohttp answers (the connection is its own from the first one it takes).
+    await conn.send(
+        get("/simple/demo/")
+        + get("/simple/demo/")
+        + get("/health")
+        + get("/simple/demo/")
+        + get("/simple/other/")
+    )
+    answers = [await conn.read() for _ in range(5)]
+    await conn.close()
+    assert [a.status for a in answers] == [200] * 5
+    assert answers[0].body == answers[1].body == answers[3].body == page.body
+    assert b'"status": "ok"' in answers[2].body or b'"status":"ok"' in answers[2].body
+    assert b"other-2.0.tar.gz" in answers[4].body
+    assert await front_answers(base) == before + 2
+    assert await proxy.stop() == 0
+
+
+def _raw_cases() -> dict[str, tuple[bytes, int, bytes | None]]:
+    """Requests the front must leave to aiohttp: (bytes, aiohttp's status, a body part)."""
+    smuggled = get("/health")
+    return {
+        "HEAD": (b"HEAD /simple/demo/ HTTP/1.1\r\nHost: p\r\n\r\n", 200, None),
+        "query": (get("/simple/demo/?format=application/vnd.pypi.simple.v1+json"), 200, b"{"),
+        "name not normalized": (get("/simple/Demo/"), 301, None),
+        "HTTP/1.0": (b"GET /simple/demo/ HTTP/1.0\r\n\r\n", 200, b"demo-1.0"),
+        "conditional": (get("/simple/demo/", 'If-None-Match: "x"'), 200, b"demo-1.0"),
+        "Accept nobody serves": (get("/simple/demo/", "Accept: image/png"), 406, None),
+        "two Accepts": (get("/simple/demo/", f"Accept: {JSON}", f"Accept: {HTML}"), 200, None),
+        # A body on a GET is read as one (its length says so), never as the next request.
+        "body": (
+            get("/simple/demo/", f"Content-Length: {len(smuggled)}") + smuggled,
+            200,
+            b"demo-1.0",
+        ),
+        "chunked body": (
+            get("/simple/demo/", "Transfer-Encoding: chunked")
+            + f"{len(smuggled):x}\r\n".encode()
+            + smuggled
+            + b"\r\n0\r\n\r\n",
+            200,
+            b"demo-1.0",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", list(_raw_cases()))
+async def test_requests_the_front_does_not_read_are_aiohttps(
+    proxy_process: StartProxy, upstream: FixtureUpstream, tmp_path: Path, case: str
+) -> None:
+    upstream.add("demo", make_sdist("demo", "1.0"))
+    proxy, base = await started(proxy_process, tmp_path, upstream)
+    await warm(base, "/simple/demo/")
+    before = await front_answers(base)
+    raw, status, part = _raw_cases()[case]
+    conn = await Connection.open(base)
+    await conn.send(raw)
+    answer = await conn.read(head=raw.startswith(b"HEAD"))
+    assert answer.status == status, answer
+    if part is not None:
+        assert part in answer.body
+    # Then a plain request on the same connection: answered (by aiohttp, which holds the
+    # connection now), and nothing else was read as a request (no extra answer).
+    if answer.header("Connection") != "close" and not raw.endswith(b"HTTP/1.0\r\n\r\n"):
+        await conn.send(get("/simple/demo/", "Connection: close"))
+        last = await conn.read()
+        assert last.status == 200 and b"demo-1.0" in last.body
+        assert await conn.reader.read() == b""
+    await conn.close()
+    assert await front_answers(base) == before
+    assert await proxy.stop() == 0
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /simple/demo/ HTTP/1.1\r\nHost: p\r\nX-Folded: a\r\n b\r\n\r\n",  # obs-fold
+        b"GET /simple/demo/ HTTP/1.1\r\nHost : p\r\n\r\n",  # space before the colon
+        b"GET /simple/demo/ HTTP/1.1\r\nHost: p\nX: y\r\n\r\n",  # a bare LF
+        b"GET /simple/demo/ HTTP/1.1\r\nX: a\x00b\r\n\r\n",  # a NUL
+    ],
+    ids=["obs-fold", "space-before-colon", "bare-lf", "nul"],
+)
+async def test_malformed_heads_get_aiohttps_answer_not_the_page(
+    proxy_process: StartProxy, upstream: FixtureUpstream, tmp_path: Path, head: bytes
+) -> None:
+    upstream.add("demo", make_sdist("demo", "1.0"))
+    proxy, base = await started(proxy_process, tmp_path, upstream)
+    await warm(base, "/simple/demo/")
+    before = await front_answers(base)
+    conn = await Connection.open(base)
+    await conn.send(head)
+    answer = await conn.read()
+    await conn.close()
+    # aiohttp's parser decides (a 400 for most); the front never answers these.
+    assert await front_answers(base) == before
+    assert answer.status in (200, 400), answer
+    assert await proxy.stop() == 0
+
+
+async def test_a_client_that_never_reads_holds_little_of_the_proxys_memory(
+    proxy_process: StartProxy, upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    # A page of most of a megabyte, asked for 400 times in one write. The requests fit
+    # in the socket's buffer, so the proxy reads them all at once; were it to answer
+    # them all at once it would hold 300 MB. It stops answering while its transport's
+    # buffer is full, and goes on as the client reads.
+    upstream.add("big", *(make_sdist("big", f"1.{i}") for i in range(5000)))
+    proxy, base = await started(proxy_process, tmp_path, upstream)
+    page = await warm(base, "/simple/big/")
+    assert len(page.body) > 500_000
+    assert proxy.proc is not None
+    pid = proxy.proc.pid
+    rss = _memory(pid, "VmRSS")
+    with open(f"/proc/{pid}/clear_refs", "w") as clear:  # noqa: ASYNC230 (procfs)
+        clear.write("5")  # VmHWM starts again from VmRSS
+    conn = await Connection.open(base)
+    await conn.send(get("/simple/big/") * 400)
+    answers = [await conn.read() for _ in range(400)]
+    await conn.close()
+    assert all(a.status == 200 and a.body == page.body for a in answers)
+    grown = _memory(pid, "VmHWM") - rss
+    assert grown < 64 * 2**20, f"peak grew {grown / 2**20:.0f} MiB"
+    assert await proxy.stop() == 0
+
+
+def _memory(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field}")
+
+
+async def test_shutdown_closes_idle_connections_of_the_front(
+    proxy_process: StartProxy, upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    upstream.add("demo", make_sdist("demo", "1.0"))
+    proxy, base = await started(proxy_process, tmp_path, upstream)
+    await warm(base, "/simple/demo/")
+    conn = await Connection.open(base)
+    await conn.send(get("/simple/demo/"))
+    assert (await conn.read()).status == 200  # answered by the front; the connection idles
+    assert proxy.proc is not None
+    proxy.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proxy.proc.wait(), 15) == 0
+    assert await asyncio.wait_for(conn.reader.read(), 5) == b""
+    await conn.close()
+
+
+async def test_a_published_wheel_shows_at_once_on_a_page_the_front_held(
+    proxy_process: StartProxy, upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    upstream.add("demo", make_sdist("demo", "1.0"))
+    config = write_config(tmp_path, upstream.url, projects=("demo",))
+    proxy = proxy_process(config, tmp_path / "log")
+    base = (await proxy.start()).removesuffix("simple/")
+    before = await warm(base, "/simple/demo/")
+    wheel = make_wheel("demo", "1.0", "cp312-cp312-manylinux_2_17_aarch64")
+    (tmp_path / wheel.filename).write_bytes(wheel.content)
+    code, out = await run(
+        str(BIN / "pythonbuild-builder"),
+        "--config",
+        str(config),
+        "publish",
+        str(tmp_path / wheel.filename),
+        env=client_env(tmp_path / "home"),
+    )
+    assert code == 0, out
+    assert wheel.filename.encode() not in before.body
+    conn = await Connection.open(base)
+    await conn.send(get("/simple/demo/"))
+    after = await conn.read()
+    await conn.close()
+    assert after.status == 200 and wheel.filename.encode() in after.body
+    assert await proxy.stop() == 0
+
+
+PIP_HEAD = (
+    "GET /simple/grpcio-tools/ HTTP/1.1\r\nHost: 127.0.0.1:3141\r\n"
+    'User-Agent: pip/24.0 {"ci":null,"cpu":"arm64"}\r\nAccept-Encoding: gzip, deflate\r\n'
+    "Accept: application/vnd.pypi.simple.v1+json, text/html; q=0.01\r\n"
+    "Connection: Keep-Alive\r\nCache-Control: max-age=0"
+)
+
+
+def test_the_front_reads_the_heads_clients_send() -> None:
+    assert _read_head(PIP_HEAD) == (
+        "grpcio-tools",
+        "application/vnd.pypi.simple.v1+json, text/html; q=0.01",
+        "gzip, deflate",
+    )
+    assert _read_head("GET /simple/a/ HTTP/1.1") == ("a", None, None)
+    assert _read_head("GET /simple/a/ HTTP/1.1\r\nAccept:\r\nX-Empty:") == ("a", "", None)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        "get /simple/a/ HTTP/1.1",
+        "GET /simple/a/ HTTP/1.0",
+        "GET /simple/a/?format=x HTTP/1.1",
+        "GET /simple/A/ HTTP/1.1",
+        "GET /simple/a_b/ HTTP/1.1",
+        "GET /simple/a/  HTTP/1.1",
+        "GET http://h/simple/a/ HTTP/1.1",
+        "GET /simple/a/ HTTP/1.1\r\nHost : x",
+        "GET /simple/a/ HTTP/1.1\r\nX: a\r\n folded",
+        "GET /simple/a/ HTTP/1.1\r\nX: a\tb",
+        "GET /simple/a/ HTTP/1.1\r\nX: a\x1bb",
+        "GET /simple/a/ HTTP/1.1\r\nX: a\nY: b",
+        "GET /simple/a/ HTTP/1.1\r\nno colon",
+        "GET /simple/a/ HTTP/1.1\r\n: no name",
+        "GET /simple/a/ HTTP/1.1\r\nAccept: text/html\r\naccept: text/html",
+        "GET /simple/a/ HTTP/1.1\r\nAccept-Encoding: gzip\r\nAccept-Encoding: br",
+        "GET /simple/a/ HTTP/1.1\r\nContent-Length: 0",
+        "GET /simple/a/ HTTP/1.1\r\nTransfer-Encoding: chunked",
+        "GET /simple/a/ HTTP/1.1\r\nConnection: close",
+        "GET /simple/a/ HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: h2c",
+        "GET /simple/a/ HTTP/1.1\r\nExpect: 100-continue",
+        "GET /simple/a/ HTTP/1.1\r\nIf-None-Match: *",
+        "GET /simple/a/ HTTP/1.1\r\nIf-Modified-Since: Tue, 01 Dec 2026 00:00:00 GMT",
+        "GET /simple/a/ HTTP/1.1\r\nRange: bytes=0-1",
+    ],
+)
+def test_the_front_leaves_every_other_head_to_aiohttp(head: str) -> None:
+    assert _read_head(head) is None
