@@ -438,6 +438,9 @@ async def bench(args: argparse.Namespace) -> int:
                 await cold_roots(upstream, Path(tmp), args.cold_root_rounds)
                 say(f"machine load average at end (1 min): {os.getloadavg()[0]:.2f}")
                 return 0
+            if args.pip_only:
+                await cold_pip(upstream, Path(tmp), args.pip_rounds)
+                return 0
             proxy_proc, proxy = await start_proxy(config, Path(tmp) / "proxy.log")
             try:
                 say(f"upstream: {upstream} (pid {upstream_proc.pid}, own process)")
@@ -855,6 +858,15 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         metavar="N",
         help="with --cold-root-only: N interleaved rounds per format, medians",
+    )
+    parser.add_argument(
+        "--pip-only", action="store_true", help="only the table's cold `pip download` row"
+    )
+    parser.add_argument(
+        "--pip-rounds",
+        type=int,
+        default=PIP_ROUNDS,
+        help=f"rounds of the cold `pip download` with --pip-only (default {PIP_ROUNDS})",
     )
     # Internal: the entry point of the fixture upstream's own process.
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
