@@ -144,3 +144,19 @@ def test_every_href_form_resolves_as_urljoin_resolves_it(href: str) -> None:
     fast_html, full_html = both_html(html)
     assert fast_html == full_html
     assert len(fast.files) == 1
+
+
+@pytest.mark.parametrize("href", ["http://[::1/x-1.0.tar.gz", "https://[1.2.3.4]/x-1.0.tar.gz"])
+def test_a_url_urllib_cannot_split_leaves_that_file_out_and_the_page_read(href: str) -> None:
+    files = [
+        {"filename": "x-1.0.tar.gz", "url": href, "hashes": {}},
+        {"filename": "x-2.0.tar.gz", "url": "https://h.example/x-2.0.tar.gz", "hashes": {}},
+    ]
+    body = json.dumps({"meta": {"api-version": "1.1"}, "name": "x", "files": files}).encode()
+    html = "".join(f'<a href="{f["url"]}">{f["filename"]}</a>' for f in files).encode()
+    for page in (
+        parse_project_json(body, PAGE_URL),
+        parse_project_json(body, PAGE_URL, fast=False),
+        *both_html(html),
+    ):
+        assert [f.filename for f in page.files] == ["x-2.0.tar.gz"]

@@ -13,6 +13,13 @@ versioned form (proxy.server.pagecodec): the page with upstream URLs, and its
 freshness record, both written in one SQLite transaction so a crash never pairs
 one with the other's old value. Entries are immutable; whatever is derived from a
 page (its rendering) is keyed by the entry's `generation` elsewhere.
+
+A page nothing is held for can be asked for with first(): upstream's answer is
+handed to that caller as it arrives (Fetched), and parsed, checked and stored
+only once the caller has made its answer from it and released it, so a cold
+request does not wait for work the page cache does for later ones. The page is
+in memory (for file requests) as soon as it is parsed, and on disk before the
+fetch ends and its lock is let go (another worker then finds it there).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import itertools
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +79,39 @@ class PageResult:
         return self.status is CacheStatus.STALE
 
 
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """Upstream's 200 for a page nothing was held for, handed over as it arrived.
+
+    The page behind it is parsed, checked and stored once `release` is called: call
+    it as soon as the answer is made from `response` (whether or not it could be).
+    `result` is then the page as kept, or its failure (a page that does not parse
+    is never kept, whatever was made of it).
+    """
+
+    response: PageResponse
+    generation: int  # the entry's, once parsed: what its renderings are keyed by
+    expires_at: float  # when the entry stops being fresh
+    result: asyncio.Future[PageResult]
+    release: Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Arrival:
+    response: PageResponse
+    generation: int
+    fetched_at: float
+
+
+class _Handoff:
+    """Between first() and the fetch it started: the response, once in; the fetch
+    waits for `released` before parsing it."""
+
+    def __init__(self) -> None:
+        self.arrival: asyncio.Future[_Arrival] = asyncio.get_running_loop().create_future()
+        self.released = asyncio.Event()
+
+
 class PageCache:
     def __init__(
         self,
@@ -93,11 +134,15 @@ class PageCache:
         self._memory: ByteLRU[str, CachedPage] = ByteLRU(memory_budget)
         self._generations = itertools.count(1)
         self._flights: SingleFlight[PageResult] = SingleFlight()
+        # Writes to disk under way: close() lets them end (a fetch it cancels may be
+        # storing a page whose answer went out already) before it closes the disk.
+        self._storing: set[asyncio.Future[None]] = set()
         # Shared with the other worker processes: one upstream fetch per page among them.
         self._locks = locks
 
     async def close(self) -> None:
         await self._flights.drain()
+        await asyncio.gather(*self._storing, return_exceptions=True)
         await asyncio.to_thread(self._disk.close)
 
     @property
@@ -127,11 +172,54 @@ class PageCache:
     async def get(self, name: str) -> PageResult:
         """The page for a normalized project name; raises UpstreamError when
         upstream fails and nothing is held."""
+        entry = await self._held(name)
+        served = self._from_held(name, entry)
+        if served is not None:
+            return served
+        return await self._flights.run(name, lambda: self._refresh(name, entry))
+
+    async def first(self, name: str) -> PageResult | Fetched:
+        """As get(), but when no page is held (nothing, or a remembered 404) and this
+        call starts the fetch, upstream's 200 is handed over as it arrives (Fetched);
+        anything else (a hit, a 404, a failure, a fetch already running) as get()."""
+        entry = await self._held(name)
+        served = self._from_held(name, entry)
+        if served is not None:
+            return served
+        if (entry is not None and entry.page is not None) or self._flights.in_flight(name):
+            return await self._flights.run(name, lambda: self._refresh(name, entry))
+        handoff = _Handoff()
+        task = asyncio.ensure_future(
+            self._flights.run(name, lambda: self._refresh(name, entry, handoff))
+        )
+        task.add_done_callback(_retrieve)
+        try:
+            await asyncio.wait((handoff.arrival, task), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not handoff.arrival.done():
+                # Nothing handed over (or this caller went away): the fetch goes on alone.
+                handoff.released.set()
+        if not handoff.arrival.done():
+            return await task
+        arrival = handoff.arrival.result()
+        return Fetched(
+            response=arrival.response,
+            generation=arrival.generation,
+            expires_at=arrival.fetched_at + self._ttl,
+            result=task,
+            release=handoff.released.set,
+        )
+
+    async def _held(self, name: str) -> CachedPage | None:
         entry = self._memory.get(name)
         if entry is None:
             entry = await asyncio.to_thread(self._load, name)
             if entry is not None:
                 self._memory.put(name, entry, entry.size)
+        return entry
+
+    def _from_held(self, name: str, entry: CachedPage | None) -> PageResult | None:
+        """The answer from what is held, when it needs no fetch first."""
         now = time.time()
         if entry is not None and entry.age(now) < self._lifetime(entry):
             self._metrics.page_cache.inc(result="hit" if entry.page else "negative")
@@ -147,11 +235,13 @@ class PageCache:
                 task.add_done_callback(_retrieve)
             self._metrics.page_cache.inc(result="stale_while_revalidate")
             return PageResult(entry, CacheStatus.STALE, now)
-        return await self._flights.run(name, lambda: self._refresh(name, entry))
+        return None
 
-    async def _refresh(self, name: str, held: CachedPage | None) -> PageResult:
+    async def _refresh(
+        self, name: str, held: CachedPage | None, handoff: _Handoff | None = None
+    ) -> PageResult:
         if self._locks is None:
-            return await self._fetch(name, held)
+            return await self._fetch(name, held, handoff)
         async with self._locks.hold(f"page-{name}"):
             # Another worker may have fetched it since we looked (while we waited for the
             # lock, or just before): its copy is on disk.
@@ -162,36 +252,44 @@ class PageCache:
                 if kept.age(time.time()) < self._lifetime(kept):
                     self._metrics.page_cache.inc(result="hit" if kept.page else "negative")
                     return PageResult(kept, CacheStatus.HIT, kept.fetched_at + self._lifetime(kept))
-            return await self._fetch(name, held)
+            return await self._fetch(name, held, handoff)
 
-    async def _fetch(self, name: str, held: CachedPage | None) -> PageResult:
+    async def _fetch(
+        self, name: str, held: CachedPage | None, handoff: _Handoff | None = None
+    ) -> PageResult:
         validators = held.validators if held is not None and held.page else Validators()
         try:
             resp = await self._upstream.fetch_page(name, validators)
-            entry, status = await self._take(name, held, resp)
+            now = time.time()
+            generation = next(self._generations)
+            if handoff is not None and resp.status == 200 and (held is None or held.page is None):
+                # Nothing held to compare a serial with: the caller may answer from
+                # these bytes; parsing them waits until it has.
+                handoff.arrival.set_result(_Arrival(resp, generation, now))
+                await handoff.released.wait()
+            entry, status = await self._take(name, held, resp, now, generation)
         except UpstreamError as exc:
             if held is None or held.page is None:
                 raise
             log.warning("serving stale %s: %s", name, exc)
             self._metrics.page_cache.inc(result="stale")
             return PageResult(held, CacheStatus.STALE, time.time())
-        self._memory.put(name, entry, entry.size)
         return PageResult(entry, status, entry.fetched_at + self._lifetime(entry))
 
     async def _take(
-        self, name: str, held: CachedPage | None, resp: PageResponse
+        self, name: str, held: CachedPage | None, resp: PageResponse, now: float, generation: int
     ) -> tuple[CachedPage, CacheStatus]:
-        now = time.time()
         if resp.status == 404:
             self._metrics.page_cache.inc(result="miss")
-            entry = CachedPage(page=None, fetched_at=now, generation=next(self._generations))
-            await self._keep(name, entry, None)
+            entry = CachedPage(page=None, fetched_at=now, generation=generation)
+            self._memory.put(name, entry, entry.size)
+            await self._keep(name, entry)
             return entry, CacheStatus.MISS
         if resp.status == 304 and held is not None and held.page is not None:
             self._metrics.page_cache.inc(result="revalidated")
             return await self._confirm(name, held, now), CacheStatus.REVALIDATED
         try:
-            page, stored, size = await asyncio.to_thread(_parse, resp, name)
+            page, size = await asyncio.to_thread(_parse, resp, name)
         except PageFormatError as exc:
             self._metrics.pages_rejected.inc(reason="unparseable")
             raise UpstreamError("bad_body", f"{name}: {exc}") from None
@@ -213,30 +311,44 @@ class PageCache:
             fetched_at=now,
             validators=resp.validators,
             serial=serial,
-            generation=next(self._generations),
+            generation=generation,
             size=size,
         )
-        await self._keep(name, entry, stored)
+        # In memory first: a file request for this page need not wait for the disk.
+        self._memory.put(name, entry, entry.size)
+        await self._keep(name, entry, new_page=True)
         return entry, CacheStatus.MISS
 
     async def _confirm(self, name: str, held: CachedPage, now: float) -> CachedPage:
         """Upstream agrees (or lags): the held page is fresh again, same generation."""
         entry = dataclasses.replace(held, fetched_at=now)
-        await self._keep(name, entry, None)
+        self._memory.put(name, entry, entry.size)
+        await self._keep(name, entry)
         return entry
 
-    async def _keep(self, name: str, entry: CachedPage, stored: bytes | None) -> None:
-        """Store an entry on disk; when the disk cannot take it (full, damaged), the page
-        is still served from memory this time: only keeping it failed."""
+    async def _keep(self, name: str, entry: CachedPage, *, new_page: bool = False) -> None:
+        """Store an entry on disk (with its page when `new_page`, else only its freshness);
+        when the disk cannot take it (full, damaged), the page is still served from
+        memory: only keeping it failed."""
+        storing = asyncio.ensure_future(asyncio.to_thread(self._store, name, entry, new_page))
+        self._storing.add(storing)
+        storing.add_done_callback(self._stored)
         try:
-            await asyncio.to_thread(self._store, name, entry, stored)
+            await asyncio.shield(storing)
         except (sqlite3.Error, OSError) as exc:
             log.warning("could not store the page of %s: %s", name, exc)
             self._metrics.page_cache.inc(result="unstored")
 
+    def _stored(self, storing: asyncio.Future[None]) -> None:
+        self._storing.discard(storing)
+        if not storing.cancelled():
+            storing.exception()  # retrieved: its caller may have been cancelled meanwhile
+
     # -- disk (called in a worker thread) ---------------------------------------
 
-    def _store(self, name: str, entry: CachedPage, stored: bytes | None) -> None:
+    def _store(self, name: str, entry: CachedPage, new_page: bool) -> None:
+        # Encoded here, in the thread, after the page is already served from memory.
+        stored = pagecodec.encode_page(entry.page) if new_page and entry.page else None
         record = pagecodec.encode_freshness(
             pagecodec.Freshness(
                 found=entry.page is not None,
@@ -324,8 +436,8 @@ def _retrieve(task: asyncio.Future[PageResult]) -> None:
         task.exception()
 
 
-def _parse(resp: PageResponse, name: str) -> tuple[ProjectPage, bytes, int]:
-    """Parse upstream's answer: the model, its stored form and its size in memory."""
+def _parse(resp: PageResponse, name: str) -> tuple[ProjectPage, int]:
+    """Parse upstream's answer: the model and its size in memory."""
     page = parse_project(resp.body, resp.content_type, resp.url, name)
     if canonicalize_name(page.name) != name:
         # A page naming another project (a mirror's mistake, or a lie) is served as
@@ -334,4 +446,4 @@ def _parse(resp: PageResponse, name: str) -> tuple[ProjectPage, bytes, int]:
         page = dataclasses.replace(page, name=name)
     if resp.serial is not None and page.last_serial is None:
         page = dataclasses.replace(page, last_serial=resp.serial)
-    return page, pagecodec.encode_page(page), page_size(page)
+    return page, page_size(page)

@@ -5,6 +5,12 @@
       -> render in the negotiated format (proxy.simple.render, in a thread)
       -> memoized, by what changes the bytes
 
+A cold page of a project with no wheels of ours, asked for in JSON from an
+upstream that answers JSON (pip and uv against pypi.org), is answered first:
+its rendering is made straight from upstream's bytes (proxy.simple.transcode,
+the same bytes the model would render to), and the page cache parses and
+stores the page after that, off the path of the request that fetched it.
+
 The memo is keyed by the upstream page's generation, the wheelhouse manifest's
 signature and JSON-or-HTML (text/html and the v1+html type are the same bytes),
 and bounded by the bytes it holds. Nothing in it is ever mutated: a new
@@ -28,12 +34,14 @@ from packaging.utils import NormalizedName, canonicalize_name
 from proxy.config import Config
 from proxy.server.errors import ProjectNotFound, Redirect
 from proxy.server.lru import ByteLRU
-from proxy.server.pagecache import PageCache, PageResult
-from proxy.server.upstream import Upstream, UpstreamError
+from proxy.server.pagecache import Fetched, PageCache, PageResult
+from proxy.server.upstream import PageResponse, Upstream, UpstreamError
 from proxy.server.xcache import CacheStatus
 from proxy.simple.model import DistFile, ProjectPage
 from proxy.simple.negotiate import Format
+from proxy.simple.parse import JSON_TYPES, PageFormatError
 from proxy.simple.render import render_project_html, render_project_json
+from proxy.simple.transcode import ClientPage, json_for_clients
 from proxy.wheelhouse.merge import merge
 from proxy.wheelhouse.store import Manifest, Wheelhouse
 
@@ -137,7 +145,16 @@ class Pages:
         if self._config.proxy.unsupported == "redirect" and not supported:
             # Temporary: pip caches a 301 for good, and the project may become supported.
             raise Redirect(str(self._upstream.page_url(name)), permanent=False)
-        result, failure = await self._upstream_page(name, supported)
+        if supported:
+            result, failure = await self._upstream_page(name, supported)
+        else:
+            got = await self._cache.first(name)
+            if isinstance(got, Fetched):
+                first = await self._first_answer(name, fmt, got, offers_gzip)
+                if first is not None:
+                    return first
+                got = await got.result
+            result, failure = got, None
         manifest = await self._manifest(name) if supported else None
         upstream = result.entry.page if result is not None else None
         local = manifest.wheels if manifest is not None else {}
@@ -156,6 +173,40 @@ class Pages:
         if offers_gzip and rendered.gzip is None and key not in self._compressing:
             self._want_gzip(key, rendered)
         return self._value(rendered, fmt, result, failure, upstream is None)
+
+    async def _first_answer(
+        self, name: NormalizedName, fmt: Format, fetched: Fetched, offers_gzip: bool
+    ) -> Page | None:
+        """The answer made from upstream's bytes as they arrived, when it can be (JSON
+        asked and JSON sent); None: the caller waits for the parsed page instead."""
+        resp = fetched.response
+        try:
+            media = resp.content_type.split(";", 1)[0].strip().lower()
+            if not fmt.is_json or media not in JSON_TYPES:
+                return None
+            try:
+                made = await asyncio.to_thread(_first_json, resp, name)
+            except PageFormatError:
+                return None  # the page cache's own parse says why, and keeps nothing
+        finally:
+            fetched.release()
+        rendered = Rendered(made.body, _etag(made.body))
+        # The same bytes a render of the parsed page gives, under the entry's key (as
+        # _memo_key makes it: no wheels of ours, JSON): the next request (or one waiting
+        # for the parse) finds them made.
+        key: MemoKey = (name, fetched.generation, None, True)
+        self._memo.put(key, rendered, len(rendered.body) + _ENTRY_OVERHEAD)
+        if offers_gzip:
+            self._want_gzip(key, rendered)
+        return Page(
+            body=rendered.body,
+            etag=rendered.etag,
+            format=fmt,
+            max_age=max(0, int(fetched.expires_at - time.time())),
+            stale=False,
+            serial=made.serial,
+            cache=CacheStatus.MISS,
+        )
 
     def warm(self, name: NormalizedName, fmt: Format, *, offers_gzip: bool = False) -> Page | None:
         """The page `get` would give, when everything it takes is in memory and fresh
@@ -257,9 +308,13 @@ def _memo_key(
     )
 
 
-def _file_url(project: str, f: DistFile) -> str:
+def _file_url(project: str, filename: str) -> str:
     # Relative to /simple/{project}/, so the proxy works behind any host or prefix.
-    return f"../../files/{project}/{quote(f.filename)}"
+    return f"../../files/{project}/{quote(filename)}"
+
+
+def _etag(body: bytes) -> str:
+    return f'"{hashlib.sha256(body).hexdigest()[:32]}"'
 
 
 def _gzip(body: bytes) -> bytes:
@@ -276,7 +331,18 @@ def _render(page: ProjectPage, name: NormalizedName, as_json: bool) -> Rendered:
     project = canonicalize_name(name)
 
     def url_for(f: DistFile) -> str:
-        return _file_url(project, f)
+        return _file_url(project, f.filename)
 
     body = render_project_json(page, url_for) if as_json else render_project_html(page, url_for)
-    return Rendered(body, f'"{hashlib.sha256(body).hexdigest()[:32]}"')
+    return Rendered(body, _etag(body))
+
+
+def _first_json(resp: PageResponse, name: NormalizedName) -> ClientPage:
+    """The client's JSON page straight from upstream's JSON (called in a worker thread):
+    the bytes _render gives for the page the page cache parses from `resp`."""
+    project = canonicalize_name(name)
+
+    def file_url(filename: str) -> str:
+        return _file_url(project, filename)
+
+    return json_for_clients(resp.body, resp.url, name, resp.serial, file_url)

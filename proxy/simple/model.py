@@ -88,12 +88,43 @@ def merge_versions(listed: Iterable[str], files: Iterable[DistFile]) -> tuple[st
 
     Order of first appearance is kept, so an upstream list round-trips unchanged.
     """
+    return merge_filename_versions(listed, (f.filename for f in files))
+
+
+def merge_filename_versions(listed: Iterable[str], filenames: Iterable[str]) -> tuple[str, ...]:
+    """merge_versions over bare filenames.
+
+    The files of one release share its version as written (five wheels and an sdist:
+    "1.0.0"), and packaging takes a few microseconds per filename (a 4,000-file page:
+    20 ms). A file whose version, as written, an earlier valid file already had adds
+    nothing, valid or not (its version is in the list already), so packaging reads one
+    filename per release: the same list, a fifth of the work.
+    """
     seen: dict[str, None] = dict.fromkeys(listed)
-    for f in files:
-        v = version_of(f.filename)
+    read: set[str] = set()  # versions as written in a valid filename seen before
+    for filename in filenames:
+        written = _written_version(filename)
+        if written in read:
+            continue
+        v = version_of(filename)
         if v is not None:
             seen.setdefault(v, None)
+            if written is not None:
+                read.add(written)
     return tuple(seen)
+
+
+def _written_version(filename: str) -> str | None:
+    """The part of `filename` packaging reads the version from, when it is valid: a
+    wheel's second dash-separated field, an sdist's stem after its last dash."""
+    if filename.endswith(".whl"):
+        fields = filename[:-4].split("-", 2)
+        return fields[1] if len(fields) > 1 else None
+    for suffix in (".tar.gz", ".zip"):
+        if filename.endswith(suffix):
+            _, sep, written = filename[: -len(suffix)].rpartition("-")
+            return written if sep else None
+    return None
 
 
 def is_safe_filename(filename: str) -> bool:

@@ -145,12 +145,15 @@ def _json_file(entry: object, page_url: str, resolve: _Resolver) -> DistFile | N
     core_metadata: bool | Mapping[str, str] = (
         (_hashes(metadata) or True) if isinstance(metadata, dict) else bool(metadata)
     )
+    resolved = _resolved(page_url, url, resolve)
+    if resolved is None:
+        return None
     size = entry.get("size")
     upload_time = entry.get("upload-time")
     requires_python = entry.get("requires-python")
     return DistFile(
         filename=filename,
-        url=resolve(page_url, url)[0],
+        url=resolved[0],
         hashes=hashes,
         requires_python=requires_python if isinstance(requires_python, str) else None,
         yanked=yanked,
@@ -175,6 +178,16 @@ def _resolve_fully(page_url: str, href: str) -> tuple[str, str]:
 
 
 _Resolver = Callable[[str, str], tuple[str, str]]
+
+
+def _resolved(page_url: str, href: str, resolve: _Resolver) -> tuple[str, str] | None:
+    """`resolve`'s answer, or None (logged) for a URL urllib cannot split ("http://[::1"):
+    that file is left out, the page is still read."""
+    try:
+        return resolve(page_url, href)
+    except ValueError as exc:
+        log.warning("dropping file with unusable URL %r: %s", href, exc)
+        return None
 
 
 def _hashes(raw: object) -> dict[str, str]:
@@ -213,7 +226,10 @@ def _html_file(
     href = attrs.get("href")
     if not href:
         return None
-    url, fragment = resolve(page_url, href)
+    resolved = _resolved(page_url, href, resolve)
+    if resolved is None:
+        return None
+    url, fragment = resolved
     # PEP 503: the anchor text MUST match the final path component of the URL.
     filename = label.strip() or url.rsplit("/", 1)[-1]
     if not is_safe_filename(filename):

@@ -17,6 +17,10 @@ UrlFor = Callable[[DistFile], str]
 
 
 def _api_version(page: ProjectPage) -> str:
+    return api_version_of(page.api_version)
+
+
+def api_version_of(upstream: str) -> str:
     """At least 1.1 (PEP 700); a newer upstream version stays, since unknown keys pass."""
 
     def key(v: str) -> tuple[int, ...]:
@@ -25,7 +29,7 @@ def _api_version(page: ProjectPage) -> str:
         except ValueError:
             return (0,)
 
-    return max(API_VERSION, page.api_version, key=key)
+    return max(API_VERSION, upstream, key=key)
 
 
 def project_json_dict(page: ProjectPage, url_for: UrlFor) -> dict[str, Any]:

@@ -1,0 +1,125 @@
+"""A cold JSON page is answered from upstream's bytes, then parsed and kept behind the answer.
+
+The real proxy app against the fixture upstream: the first answer must be the very
+bytes (and ETag) every later answer has, from memory or rendered again from disk
+after a restart; the page must be held for file requests and on disk once the
+answer is out; single flight, failures and the headers stay as they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.conftest import ProxyFactory
+from tests.dists import make_sdist, make_wheel
+from tests.test_pages import PIP_ACCEPT
+from tests.upstream import FixtureUpstream
+from tests.waits import until
+
+PAGE = "/simple/demo-pkg/"
+
+
+@pytest.fixture
+def demo(upstream: FixtureUpstream) -> FixtureUpstream:
+    dists = [make_wheel("Demo.Pkg", f"1.{i}", requires_python=">=3.8") for i in range(30)]
+    project = upstream.add("Demo.Pkg", *dists, make_sdist("Demo.Pkg", "1.29"))
+    project.requires_python[dists[0].filename] = ">=3.8"
+    project.yanked[dists[1].filename] = 'broken "release" <b>'
+    project.yanked[dists[2].filename] = True
+    return upstream
+
+
+async def test_the_cold_answer_is_every_later_answer_byte_for_byte(
+    make_proxy: ProxyFactory, demo: FixtureUpstream
+) -> None:
+    client = await make_proxy()
+    cold = await client.get(PAGE, headers={"Accept": PIP_ACCEPT})
+    assert cold.status == 200
+    assert cold.headers["X-Cache"] == "MISS"
+    body = await cold.read()
+    # Asked at once, while the page is parsed behind the first answer: it waits for that.
+    warm = await client.get(PAGE, headers={"Accept": PIP_ACCEPT})
+    assert await warm.read() == body
+    hit = await client.get(PAGE, headers={"Accept": PIP_ACCEPT})
+    assert hit.headers["X-Cache"] == "HIT"
+    assert await hit.read() == body
+    await client.close()
+    # A new process renders the page again from what the first one stored on disk.
+    demo.knobs.page_status = 503  # were it asked, upstream would fail
+    client = await make_proxy()
+    again = await client.get(PAGE, headers={"Accept": PIP_ACCEPT})
+    assert again.status == 200
+    assert again.headers["X-Cache"] == "HIT"
+    assert await again.read() == body
+    for header in ("ETag", "Content-Type", "X-PyPI-Last-Serial", "Vary"):
+        assert again.headers[header] == cold.headers[header] == warm.headers[header]
+        assert hit.headers[header] == cold.headers[header]
+    assert demo.requests[PAGE] == 1
+    doc = json.loads(body)
+    assert len(doc["files"]) == 31
+    assert all(f["url"].startswith("../../files/demo-pkg/") for f in doc["files"])
+
+
+async def test_a_file_request_right_after_the_cold_answer_finds_the_page(
+    make_proxy: ProxyFactory, demo: FixtureUpstream
+) -> None:
+    client = await make_proxy()
+    doc = await (await client.get(PAGE, headers={"Accept": PIP_ACCEPT})).json(content_type=None)
+    wheel = demo.projects["demo-pkg"].dists[5]
+    listed = next(f for f in doc["files"] if f["filename"] == wheel.filename)
+    resp = await client.get(f"{PAGE}{listed['url']}")
+    assert resp.status == 200
+    assert await resp.read() == wheel.content
+    assert demo.requests[PAGE] == 1
+
+
+async def test_sixty_four_cold_clients_make_one_upstream_request_and_get_one_answer(
+    make_proxy: ProxyFactory, demo: FixtureUpstream
+) -> None:
+    client = await make_proxy()
+    hold = asyncio.Event()
+    demo.knobs.page_hold = hold
+
+    async def ask() -> tuple[int, str, bytes]:
+        resp = await client.get(PAGE, headers={"Accept": PIP_ACCEPT})
+        return resp.status, resp.headers["ETag"], await resp.read()
+
+    asking = [asyncio.ensure_future(ask()) for _ in range(64)]
+    await until(lambda: demo.requests[PAGE] >= 1, "upstream was asked")
+    hold.set()
+    answers = await asyncio.gather(*asking)
+    assert {status for status, _, _ in answers} == {200}
+    assert len({(etag, body) for _, etag, body in answers}) == 1
+    assert demo.requests[PAGE] == 1
+
+
+async def test_a_cold_page_upstream_garbles_is_502_and_never_kept(
+    make_proxy: ProxyFactory, demo: FixtureUpstream
+) -> None:
+    client = await make_proxy()
+    demo.knobs.garbage = True
+    resp = await client.get(PAGE, headers={"Accept": PIP_ACCEPT})
+    assert resp.status == 502
+    demo.knobs.garbage = False
+    resp = await client.get(PAGE, headers={"Accept": PIP_ACCEPT})
+    assert resp.status == 200
+    assert resp.headers["X-Cache"] == "MISS"
+    assert demo.requests[PAGE] == 2
+
+
+@pytest.mark.parametrize(
+    ("formats", "accept"), [("both", "text/html"), ("html", PIP_ACCEPT)], ids=["html", "mirror"]
+)
+async def test_a_cold_page_asked_in_html_or_from_an_html_upstream_is_the_same_as_warm(
+    make_proxy: ProxyFactory, demo: FixtureUpstream, formats: str, accept: str
+) -> None:
+    demo.knobs.formats = formats
+    client = await make_proxy()
+    cold = await client.get(PAGE, headers={"Accept": accept})
+    warm = await client.get(PAGE, headers={"Accept": accept})
+    assert (cold.headers["X-Cache"], warm.headers["X-Cache"]) == ("MISS", "HIT")
+    assert await cold.read() == await warm.read()
+    assert cold.headers["ETag"] == warm.headers["ETag"]
