@@ -434,6 +434,10 @@ async def bench(args: argparse.Namespace) -> int:
             if args.workers_only:
                 await bench_workers(upstream, Path(tmp), args.quick)
                 return 0
+            if args.cold_root_only:
+                await cold_roots(upstream, Path(tmp), args.cold_root_rounds)
+                say(f"machine load average at end (1 min): {os.getloadavg()[0]:.2f}")
+                return 0
             if args.pip_only:
                 await cold_pip(upstream, Path(tmp), args.pip_rounds)
                 return 0
@@ -635,7 +639,9 @@ async def first_byte_and_total(url: str, accept: str) -> tuple[float, float, int
     return first, total, size, resp.status
 
 
-async def cold_roots(upstream: str, work: Path) -> None:
+async def cold_roots(upstream: str, work: Path, rounds: int = 1) -> None:
+    """Issue 12's cold root rows: upstream alone, then a fresh proxy (nothing held), per
+    format; with `rounds` > 1 the two alternate and the medians are reported."""
     from tests.conftest import write_config
 
     async with aiohttp.ClientSession() as session:
@@ -646,15 +652,27 @@ async def cold_roots(upstream: str, work: Path) -> None:
             knobs = upstream.replace("/simple/", f"/_bench/root?format={fmt}&shape={shape}")
             async with session.get(knobs) as resp:
                 resp.raise_for_status()
-            up_first, up_total, up_size, _ = await first_byte_and_total(upstream, accept)
-            folder = work / f"cold-root-{fmt}"
-            config = write_config(folder, upstream, page_ttl=3600)
-            proc, proxy = await start_proxy(config, folder / "proxy.log")
-            try:
-                first, total, size, status = await first_byte_and_total(proxy, accept)
-            finally:
-                await stop_process(proc)
+            ups: list[tuple[float, float]] = []
+            proxied: list[tuple[float, float]] = []
+            for r in range(rounds):
+                up_first, up_total, up_size, _ = await first_byte_and_total(upstream, accept)
+                ups.append((up_first, up_total))
+                folder = work / f"cold-root-{fmt}-{r}"
+                config = write_config(folder, upstream, page_ttl=3600)
+                proc, proxy = await start_proxy(config, folder / "proxy.log")
+                try:
+                    first, total, size, status = await first_byte_and_total(proxy, accept)
+                finally:
+                    await stop_process(proc)
+                proxied.append((first, total))
+            up_first = statistics.median(u[0] for u in ups)
+            up_total = statistics.median(u[1] for u in ups)
+            first = statistics.median(p[0] for p in proxied)
+            total = statistics.median(p[1] for p in proxied)
             name = f"table: cold root ({label}, {up_size / MB:.1f} MB upstream)"
+            if rounds > 1:
+                each = ", ".join(f"{p[1] / u[1]:.2f}x" for u, p in zip(ups, proxied, strict=True))
+                say(f"{name}: {rounds} rounds, total / upstream's per round: {each}; medians:")
             say(f"{name}: upstream alone: first byte {up_first:.2f} s, total {up_total:.2f} s")
             say(
                 f"{name}: proxy: first byte {first:.2f} s, total {total:.2f} s, "
@@ -828,6 +846,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--workers-only", action="store_true", help="only small pages with 2 workers against 1"
+    )
+    parser.add_argument(
+        "--cold-root-only",
+        action="store_true",
+        help="only the table's cold root rows (HTML and pypi.org's JSON against upstream alone)",
+    )
+    parser.add_argument(
+        "--cold-root-rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --cold-root-only: N interleaved rounds per format, medians",
     )
     parser.add_argument(
         "--pip-only", action="store_true", help="only the table's cold `pip download` row"

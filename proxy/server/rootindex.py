@@ -1,9 +1,8 @@
 """The root project list (`/simple/`), streamed from upstream into files on disk.
 
 Upstream's root is huge (pypi.org: ~780k names, tens of MB), so it is never held
-whole: each chunk is parsed as it arrives (HTML with html.parser's incremental
-feed, JSON with ijson's event parser) and the
-names are written straight into both rendered forms. A finished generation
+whole: each chunk is scanned as it arrives (proxy.server.rootscan) and its names
+are written straight into both rendered forms. A finished generation
 (root.html, root.json, meta.json) lives in its own folder and is switched in by
 atomically replacing the `current` pointer, so a crash at any moment leaves the
 previous generation whole. Clients get the files with sendfile.
@@ -21,28 +20,25 @@ still served at once while a single background fetch refreshes it.
 from __future__ import annotations
 
 import asyncio
-import codecs
-import html
 import json
 import logging
 import os
 import re
 import shutil
 import stat
+import string
 import tempfile
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from html.parser import HTMLParser
-from itertools import repeat
 from pathlib import Path
-from typing import IO, Any, Protocol, TypeVar
+from typing import IO, TypeVar
 
-import ijson
 from packaging.utils import InvalidName, canonicalize_name, is_normalized_name
 
 from proxy.atomic import write_atomically
 from proxy.server.metrics import Metrics
+from proxy.server.rootscan import HtmlNames, JsonNames, NameScanner
 from proxy.server.singleflight import SingleFlight
 from proxy.server.upstream import Upstream, UpstreamError, Validators
 from proxy.simple.model import API_VERSION
@@ -56,22 +52,6 @@ HTML_NAME = "root.html"
 JSON_NAME = "root.json"
 META_NAME = "meta.json"
 POINTER = "current"
-
-
-# packaging's valid-name pattern (without IGNORECASE, so ASCII only), names one per line;
-# and its canonicalize_name substitution.
-_VALID_NAMES = re.compile(
-    r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?(?:\n[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)*+"
-)
-# Only the runs it changes: any holding "_" or ".", or more than one "-".
-_SEPARATORS = re.compile(r"(?:-(?=[-_.])|[_.])[-_.]*")
-
-
-def _canonical(name: str) -> str | None:
-    try:
-        return canonicalize_name(name, validate=True)
-    except InvalidName:
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +82,16 @@ class RootInProgress:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.written: dict[str, int] = {HTML_NAME: 0, JSON_NAME: 0}
+        # Set once `written` are the files' final sizes: upstream's root was read whole
+        # and is sound, so a follower may end its body before the generation is made
+        # durable and switched in (should that step fail, what it sent is still whole).
+        self.whole = False
         self.done: asyncio.Future[RootGeneration] = asyncio.get_running_loop().create_future()
         self._moved = asyncio.Event()
 
-    def advance(self, written: dict[str, int]) -> None:
+    def advance(self, written: dict[str, int], *, whole: bool = False) -> None:
         self.written = written
+        self.whole = whole
         self._moved.set()
         self._moved = asyncio.Event()
 
@@ -116,7 +101,7 @@ class RootInProgress:
                 self.done.set_exception(error)
                 self.done.exception()  # retrieved: no follower may be left to see it
             else:
-                assert generation is not None
+                assert generation is not None and self.whole, "ended before it was whole"
                 self.done.set_result(generation)
         self._moved.set()
 
@@ -172,13 +157,21 @@ class RootIndex:
         """Like get(), but a cold root is not waited for: its clients follow it."""
         held = self._held
         if held is None:
-            self._metrics.page_cache.inc(result="root_miss")
-            if self._cold is None or (self._cold.done() and not self._flight.in_flight("root")):
-                self._cold = asyncio.get_running_loop().create_future()
-                cold = self._cold
+            cold = self._cold
+            if cold is None or (cold.done() and not self._flight.in_flight("root")):
+                self._cold = cold = asyncio.get_running_loop().create_future()
                 task = asyncio.ensure_future(self._flight.run("root", self._refresh))
                 task.add_done_callback(lambda t: _settle(cold, t))
-            return await asyncio.shield(self._cold)
+            elif cold.done() and not cold.cancelled() and cold.exception() is None:
+                progress = cold.result()
+                if isinstance(progress, RootInProgress) and progress.whole:
+                    # Written whole, being made durable and switched in: a moment, after
+                    # which it is held (and served from disk, and refreshed when stale).
+                    await asyncio.wait([progress.done])
+                    held = self._held
+            if held is None:
+                self._metrics.page_cache.inc(result="root_miss")
+                return await asyncio.shield(cold)
         return self._serve_held(held)
 
     def _serve_held(self, held: RootGeneration) -> RootGeneration:
@@ -226,9 +219,10 @@ class RootIndex:
             try:
                 async for chunk in resp.content.iter_chunked(1 << 18):
                     progress.advance(await asyncio.to_thread(writer.feed, chunk))
+                progress.advance(await asyncio.to_thread(writer.complete), whole=True)
                 validators = Validators(resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
                 generation = await _uncancellable(
-                    asyncio.to_thread(self._finish_and_switch, writer, started, validators, held)
+                    asyncio.to_thread(self._seal_and_switch, writer, started, validators, held)
                 )
             except PageFormatError as exc:
                 await asyncio.to_thread(writer.discard)
@@ -251,14 +245,14 @@ class RootIndex:
     def _load_and_clean(self, clean: bool = True) -> RootGeneration | None:
         return load_and_clean(self._dir, clean)
 
-    def _finish_and_switch(
+    def _seal_and_switch(
         self,
         writer: _RootWriter,
         started: float,
         validators: Validators,
         previous: RootGeneration | None,
     ) -> RootGeneration:
-        generation = writer.finish(started, validators)
+        generation = writer.seal(started, validators)
         self._switch(generation, previous)
         return generation
 
@@ -397,25 +391,29 @@ class _RootWriter:
 
     def __init__(self, directory: Path, content_type: str, serial: int | None) -> None:
         media = content_type.split(";", 1)[0].strip().lower()
-        self._scanner: _NameScanner
+        self._scanner: NameScanner
         if media in JSON_TYPES:
-            self._scanner = _JsonNames(want_serial=serial is None)
+            self._scanner = JsonNames(want_serial=serial is None)
         elif media in HTML_TYPES:
-            self._scanner = _HtmlNames()
+            self._scanner = HtmlNames()
         else:
             raise PageFormatError(f"root has content type {media or 'none'!r}")
         self._folder = Path(tempfile.mkdtemp(dir=directory, prefix="tmp-"))
-        # Open across many feed() calls; finish() or discard() closes them.
-        self._html: IO[str] = open(self._folder / HTML_NAME, "w", encoding="utf-8")  # noqa: SIM115
-        self._json: IO[str] = open(self._folder / JSON_NAME, "w", encoding="utf-8")  # noqa: SIM115
+        # Open across many feed() calls; seal() or discard() closes them. Each write is
+        # a whole chunk's worth, flushed at once: the buffer only sees the small ones.
+        self._html: IO[bytes] = open(self._folder / HTML_NAME, "wb")  # noqa: SIM115
+        self._json: IO[bytes] = open(self._folder / JSON_NAME, "wb")  # noqa: SIM115
         self._serial = serial
         self._count = 0
-        self._html.write(
-            "<!DOCTYPE html>\n<html>\n<head>\n"
-            f'<meta name="pypi:repository-version" content="{API_VERSION}">\n'
-            "<title>Simple index</title>\n</head>\n<body>\n"
+        self._written = {HTML_NAME: 0, JSON_NAME: 0}
+        self._out(
+            (
+                "<!DOCTYPE html>\n<html>\n<head>\n"
+                f'<meta name="pypi:repository-version" content="{API_VERSION}">\n'
+                "<title>Simple index</title>\n</head>\n<body>\n"
+            ).encode(),
+            b'{"projects":[',
         )
-        self._json.write('{"projects":[')
 
     @property
     def folder(self) -> Path:
@@ -424,56 +422,65 @@ class _RootWriter:
     def feed(self, chunk: bytes) -> dict[str, int]:
         """Parse and write one chunk; how many bytes each file now holds on disk."""
         self._write(self._scanner.feed(chunk))
+        return self._flushed()
+
+    def _out(self, html_bytes: bytes, json_bytes: bytes) -> None:
+        self._html.write(html_bytes)
+        self._json.write(json_bytes)
+        self._written[HTML_NAME] += len(html_bytes)
+        self._written[JSON_NAME] += len(json_bytes)
+
+    def _flushed(self) -> dict[str, int]:
         # Flushed, so that followers reading the files see every byte counted.
         self._html.flush()
         self._json.flush()
-        return {HTML_NAME: self._html.tell(), JSON_NAME: self._json.tell()}
+        return dict(self._written)
 
-    def _write(self, names: list[str]) -> None:
-        # A root has ~780k names: keep the work per name small. Most are valid and
-        # already normalized (one regex call, where canonicalize_name would be most
-        # of a root's cost); only the others go through canonicalize_name, and the
-        # invalid ones (no client could ask for them) are dropped.
+    def _write(self, names: list[bytes]) -> None:
+        # A root has ~780k names: no Python step per name where it can be helped. Most
+        # are valid and plain ASCII: checked, normalized (canonicalize_name's
+        # substitution and lowercasing) and rendered a chunk at a time, in C. Only the
+        # chunks holding another name go through canonicalize_name name by name, and
+        # the invalid names (no client could ask for them) are dropped.
         if not names:
             return
-        joined = "\n".join(names)
-        normalized: list[str | None]
-        if joined.count("\n") == len(names) - 1 and _VALID_NAMES.fullmatch(joined):
-            # Every name valid (plain ASCII): canonicalize_name's own substitution and
-            # lowercasing, once over the lot, in C.
-            if "_" in joined or "." in joined or "--" in joined:  # memchr-fast; sub is not
-                joined = _SEPARATORS.sub("-", joined)
-            normalized = list(joined.lower().split("\n"))
+        joined = b"\n".join(names)
+        normalized = _valid_normalized(joined)
+        if normalized is not None and normalized.count(b"\n") == len(names) - 1:
+            canonical = names if normalized == joined else normalized.split(b"\n")
         else:
-            normalized = [name if is_normalized_name(name) else _canonical(name) for name in names]
-        if None in normalized:
-            kept = [(n, c) for n, c in zip(names, normalized, strict=True) if c is not None]
-            names = [n for n, _ in kept]
-            normalized = [c for _, c in kept]
-        if not names:
-            return
-        # A valid name is only [A-Za-z0-9._-]: nothing to escape in HTML or JSON.
-        self._json.write(
-            ("," if self._count else "") + '{"name":"' + '"},{"name":"'.join(names) + '"}'
-        )
-        self._html.write(
-            "".join(
-                [f'<a href="{c}/">{n}</a><br/>\n' for c, n in zip(normalized, names, strict=True)]
-            )
+            kept = [(name, c) for name in names if (c := _canonical_bytes(name)) is not None]
+            if not kept:
+                return
+            names = [name for name, _ in kept]
+            canonical = [c for _, c in kept]
+        # A valid name is only [A-Za-z0-9._-] (or the two letters packaging's case
+        # folding lets in): nothing to escape in HTML or JSON.
+        anchors = [b'<a href="', b"", b'/">', b"", b"</a><br/>\n"] * len(names)
+        anchors[1::5] = canonical
+        anchors[3::5] = names
+        self._out(
+            b"".join(anchors),
+            (b"," if self._count else b"") + b'{"name":"' + b'"},{"name":"'.join(names) + b'"}',
         )
         self._count += len(names)
 
-    def finish(self, fetched_at: float, validators: Validators) -> RootGeneration:
+    def complete(self) -> dict[str, int]:
+        """Write the rest of both files: the sizes returned are their final ones. Raises
+        PageFormatError if upstream's root turns out not to be one."""
         self._write(self._scanner.close())
         if self._scanner.serial is not None and self._serial is None:
             self._serial = self._scanner.serial
         meta: dict[str, object] = {"api-version": API_VERSION}
         if self._serial is not None:
             meta["_last-serial"] = self._serial
-        self._json.write('],"meta":' + json.dumps(meta) + "}")
-        self._html.write("</body>\n</html>\n")
+        self._out(b"</body>\n</html>\n", b'],"meta":' + json.dumps(meta).encode() + b"}")
+        return self._flushed()
+
+    def seal(self, fetched_at: float, validators: Validators) -> RootGeneration:
+        """Make the completed files durable and a generation of their own (not yet
+        pointed at)."""
         for fh in (self._html, self._json):
-            fh.flush()
             os.fsync(fh.fileno())
             fh.close()
         folder = self._folder.with_name(f"gen-{time.time_ns()}")
@@ -482,159 +489,45 @@ class _RootWriter:
         _write_meta(generation)
         return generation
 
+    def finish(self, fetched_at: float, validators: Validators) -> RootGeneration:
+        self.complete()
+        return self.seal(fetched_at, validators)
+
     def discard(self) -> None:
         self._html.close()
         self._json.close()
         shutil.rmtree(self._folder, ignore_errors=True)
 
 
-class _NameScanner(Protocol):
-    serial: int | None
-
-    def feed(self, chunk: bytes) -> list[str]: ...
-
-    def close(self) -> list[str]: ...
-
-
-class _AnchorTexts(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.names: list[str] = []
-        self._text: list[str] | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            self._text = []
-
-    def handle_data(self, data: str) -> None:
-        if self._text is not None:
-            self._text.append(data)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "a" and self._text is not None:
-            name = "".join(self._text).strip()
-            if name:
-                self.names.append(name)
-            self._text = None
+# A valid name's bytes (packaging's pattern, ASCII); its first and last one alphanumeric.
+_NAME_LINES = (string.ascii_letters + string.digits + "-._\n").encode()
+_DASHES = bytes.maketrans(b"_.", b"--")
+# After a newline, anything but a letter or digit: a name that starts badly, or an empty one.
+_BAD_START = re.compile(rb"\n[^A-Za-z0-9]")
 
 
-# The fast path over a root of the plain shape (pypi.org's: `<a href="/simple/x/">x</a>`
-# lines between a few plain tags). A stretch of text ending at an `</a>` is checked
-# whole against these tokens by one possessive (never backtracking) regex, then its
-# anchor texts are picked out by a second: both run in C, where html.parser spent
-# most of a cold HTML root's time. They accept only what html.parser reads the same
-# way (see proxy.simple.parse's fast path); the first stretch that is not of that
-# shape, and everything after it, goes to html.parser, which starts from a clean
-# state there: every stretch ends just after an anchor.
-_ATTRS = r'(?:\s++[a-z][a-z0-9-]*+(?:="[^"<>]*+")?+)*+\s*+'
-_RAW_TEXT = "script|style|textarea|title|xmp|plaintext|noscript|iframe|noembed|noframes"
-_PLAIN_STRETCH = re.compile(
-    rf"(?:[^<]++"
-    rf"|<a{_ATTRS}>[^<]*+</a>"
-    rf"|<title>[^<]*+</title>"
-    rf"|</?+(?![aA][\s/>])(?!(?:{_RAW_TEXT})[\s/>])[a-z][a-z0-9]*+{_ATTRS}/?+>"
-    rf"|<!DOCTYPE[^<>]*+>)*+"
-)
-_ANCHOR_TEXT = re.compile(rf"<a{_ATTRS}>([^<]*+)</a>")
-_PENDING_LIMIT = 1 << 18  # no `</a>` in 256 kB of root: not the plain shape
+def _valid_normalized(joined: bytes) -> bytes | None:
+    """canonicalize_name over names one per line, all valid and plain ASCII; None if one
+    is not. A few passes of translate, replace and substring search, where packaging's
+    regex and substitution would step through every byte in Python's regex engine."""
+    if joined.translate(None, _NAME_LINES):
+        return None
+    if not (joined[:1].isalnum() and joined[-1:].isalnum()) or _BAD_START.search(joined):
+        return None
+    # Runs of `-_.` become one `-`: a run of n dashes needs about log2(n) passes.
+    normalized = joined.translate(_DASHES) if b"_" in joined or b"." in joined else joined
+    while b"--" in normalized:
+        normalized = normalized.replace(b"--", b"-")
+    if b"-\n" in normalized:  # a name that ends with one of `-_.`
+        return None
+    return normalized.lower()
 
 
-class _HtmlNames:
-    """PEP 503 root: the text of every anchor is a project name."""
-
-    serial: int | None = None
-
-    def __init__(self) -> None:
-        self._parser: _AnchorTexts | None = None  # once the root left the plain shape
-        self._pending = ""
-        self._decoder = codecs.getincrementaldecoder("utf-8")()
-
-    def feed(self, chunk: bytes, *, final: bool = False) -> list[str]:
-        try:
-            text = self._decoder.decode(chunk, final)
-        except UnicodeDecodeError as exc:
-            raise PageFormatError(f"root is not UTF-8: {exc}") from None
-        names: list[str] = []
-        if self._parser is None:
-            text = self._pending + text
-            cut = len(text) if final else text.rfind("</a>") + 4
-            if cut < 4 and not final:
-                cut = 0
-            stretch = text[:cut]
-            if _PLAIN_STRETCH.fullmatch(stretch):
-                labels = _ANCHOR_TEXT.findall(stretch)
-                if "&" in stretch:
-                    labels = [html.unescape(label) if "&" in label else label for label in labels]
-                names = list(filter(None, map(str.strip, labels)))
-                self._pending = text[cut:]
-                if len(self._pending) <= _PENDING_LIMIT:
-                    return names
-                text, self._pending = self._pending, ""
-            self._parser = _AnchorTexts()
-        self._parser.feed(text)
-        names += self._parser.names
-        self._parser.names = []
-        return names
-
-    def close(self) -> list[str]:
-        names = self.feed(b"", final=True)
-        if self._parser is not None:
-            self._parser.close()
-            names += self._parser.names
-        return names
-
-
-class _JsonNames:
-    """PEP 691 root, `{"meta": {...}, "projects": [{"name": ...}, ...]}`, keys in any order,
-    entries with any other keys (pypi.org's carry `_last-serial`).
-
-    ijson (its C backend, yajl2_c, where installed) parses the bytes as they come and
-    picks out the names itself, so memory stays flat however long the list and no
-    per-token work happens in Python. The serial in `meta` is wanted only when the
-    response had no X-PyPI-Last-Serial: a second parser reads the document until it
-    has seen `meta` (at once where `meta` comes first, as on pypi.org).
-    """
-
-    def __init__(self, *, want_serial: bool = True) -> None:
-        self.serial: int | None = None
-        self._names = ijson.sendable_list()
-        self._parser = ijson.items_coro(self._names, "projects.item.name")
-        self._metas = ijson.sendable_list()
-        self._meta: Any = ijson.items_coro(self._metas, "meta") if want_serial else None
-        self._started = False
-
-    def feed(self, chunk: bytes) -> list[str]:
-        if not self._started and chunk.strip():
-            if not chunk.lstrip().startswith(b"{"):
-                raise PageFormatError("root JSON is not an object")
-            self._started = True
-        try:
-            self._parser.send(chunk)
-            if self._meta is not None:
-                self._meta.send(chunk)
-        except ijson.JSONError as exc:
-            raise PageFormatError(f"root JSON: {exc}") from None
-        return self._take()
-
-    def close(self) -> list[str]:
-        if not self._started:
-            raise PageFormatError("root JSON is empty")
-        try:
-            self._parser.close()
-        except ijson.JSONError as exc:
-            raise PageFormatError(f"root JSON is truncated or malformed: {exc}") from None
-        return self._take()
-
-    def _take(self) -> list[str]:
-        if self._metas:
-            meta = self._metas[0]
-            serial = meta.get("_last-serial") if isinstance(meta, dict) else None
-            if type(serial) is int and serial >= 0:
-                self.serial = serial
-            self._meta = None  # seen: the rest of the document is not its business
-            del self._metas[:]
-        names: list[str] = self._names[:]
-        del self._names[:]
-        if not all(map(isinstance, names, repeat(str))):
-            names = [n for n in names if isinstance(n, str)]  # a malformed entry: skipped
-        return names
+def _canonical_bytes(name: bytes) -> bytes | None:
+    text = name.decode("utf-8", "replace")
+    if is_normalized_name(text):
+        return name
+    try:
+        return canonicalize_name(text, validate=True).encode()
+    except InvalidName:
+        return None

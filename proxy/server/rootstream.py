@@ -36,22 +36,19 @@ async def follow(
         await response.prepare(request)
         sent = 0
         while True:
-            ended = progress.done.done()
-            if ended and progress.done.exception() is not None:
-                if request.transport is not None:
-                    request.transport.abort()
-                return response
-            # Once ended, the file is whole (closed before the generation was
-            # switched in): read to its end. Before, only what was flushed.
-            limit = None if ended else progress.written[name]
-            while limit is None or sent < limit:
-                want = CHUNK if limit is None else min(CHUNK, limit - sent)
-                chunk = await asyncio.to_thread(fh.read, want)
-                if not chunk:
-                    break
+            # Sizes final: the body is whole whatever the fetch's last step does.
+            whole = progress.whole
+            if not whole and progress.done.done() and progress.done.exception() is not None:
+                return _cut(request, response)
+            # Only what was flushed (and counted) is read.
+            limit = progress.written[name]
+            while sent < limit:
+                chunk = await asyncio.to_thread(fh.read, min(CHUNK, limit - sent))
+                if not chunk:  # shorter than written: never end it as if whole
+                    return _cut(request, response)
                 await response.write(chunk)
                 sent += len(chunk)
-            if ended:
+            if whole:
                 break
             await progress.moved()
         with contextlib.suppress(ConnectionError):
@@ -61,3 +58,10 @@ async def follow(
         # Not in a thread: closing a read-only descriptor does not block, and an
         # await here could be cancelled and leak it.
         fh.close()
+
+
+def _cut(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """End the transfer as a cut connection: the client knows its body is not whole."""
+    if request.transport is not None:
+        request.transport.abort()
+    return response

@@ -1,0 +1,259 @@
+"""The names in upstream's root, scanned chunk by chunk as it arrives.
+
+A scanner is fed upstream's bytes and returns the project names found so far, as
+UTF-8 bytes (what the root's files are written from). A root has ~780k names in
+tens of MB, so the common shapes are read with whole-chunk operations in C, never
+a Python step per name; anything unusual goes to a full parser that reads it the
+way a browser's tokenizer would (html.parser for PEP 503, ijson for PEP 691).
+"""
+
+from __future__ import annotations
+
+import codecs
+import html
+import re
+import string
+from html.parser import HTMLParser
+from itertools import repeat
+from typing import Any, Protocol
+
+import ijson
+
+from proxy.simple.parse import PageFormatError
+
+
+class NameScanner(Protocol):
+    serial: int | None
+
+    def feed(self, chunk: bytes) -> list[bytes]: ...
+
+    def close(self) -> list[bytes]: ...
+
+
+def encoded(names: list[str]) -> list[bytes]:
+    """`names` as UTF-8; in bulk where all are ASCII. A lone surrogate (JSON may carry
+    one) becomes `?`: such a name is no valid project name either way, and is dropped."""
+    if not names:
+        return []
+    joined = "\n".join(names)
+    if joined.isascii() and joined.count("\n") == len(names) - 1:
+        return joined.encode("ascii").split(b"\n")
+    return [name.encode("utf-8", "replace") for name in names]
+
+
+class AnchorTexts(HTMLParser):
+    """The slow path, for any HTML: the stripped text of every anchor."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.names: list[str] = []
+        self._text: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._text = []
+
+    def handle_data(self, data: str) -> None:
+        if self._text is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._text is not None:
+            name = "".join(self._text).strip()
+            if name:
+                self.names.append(name)
+            self._text = None
+
+
+# The middle path, over a root of the plain shape (`<a href="/simple/x/">x</a>` lines
+# between a few plain tags). A stretch of text ending at an `</a>` is checked whole
+# against these tokens by one possessive (never backtracking) regex, then its anchor
+# texts are picked out by a second: both run in C. They accept only what html.parser
+# reads the same way (see proxy.simple.parse's fast path); the first stretch that is
+# not of that shape, and everything after it, goes to html.parser, which starts from
+# a clean state there: every stretch ends just after an anchor.
+_ATTRS = r'(?:\s++[a-z][a-z0-9-]*+(?:="[^"<>]*+")?+)*+\s*+'
+_RAW_TEXT = "script|style|textarea|title|xmp|plaintext|noscript|iframe|noembed|noframes"
+_PLAIN_STRETCH = re.compile(
+    rf"(?:[^<]++"
+    rf"|<a{_ATTRS}>[^<]*+</a>"
+    rf"|<title>[^<]*+</title>"
+    rf"|</?+(?![aA][\s/>])(?!(?:{_RAW_TEXT})[\s/>])[a-z][a-z0-9]*+{_ATTRS}/?+>"
+    rf"|<!DOCTYPE[^<>]*+>)*+"
+)
+_ANCHOR_TEXT = re.compile(rf"<a{_ATTRS}>([^<]*+)</a>")
+_PENDING_LIMIT = 1 << 18  # no `</a>` in 256 kB of root: not the plain shape
+
+# The fast path: a run of anchors each exactly `<a href="HREF">NAME</a>`, all joined by
+# the same separator (`</a>`, then only whitespace or `<br>`, then `<a href="`), as
+# pypi.org and most indexes (this proxy too) write their roots. Even the regexes
+# above step through every byte in Python's regex engine (~200 MB/s); this reads a
+# run with split and join (C loops at memory speed, no Python step per name), and
+# takes it only when they prove that shape: split at the separators and at `">`, the
+# pieces joined back in that order (HREF `">` NAME, separator, ...) give the run
+# again byte for byte (counts alone cannot tell an anchor short of its `">` from one
+# with two), and every HREF and NAME is of characters that mean nothing to an HTML
+# tokenizer, so html.parser finds the same anchors and texts, nothing to strip or
+# unescape.
+_OPEN = b'<a href="'
+_CLOSE = b"</a>"
+_TAG_END = b'">'
+_SEPARATOR = re.compile(rb'</a>(?:[ \t\r\n]|<br ?/?>)*+<a href="')
+_HREF_BYTES = (string.ascii_letters + string.digits + "-._~:/?#[]@!$()*+,;=%").encode()
+_NAME_BYTES = (string.ascii_letters + string.digits + "-._").encode()
+
+
+def _anchor_run(run: bytes) -> list[bytes] | None:
+    """The names of `run`, which starts at an `<a href="` and ends with an `</a>`, if it
+    is all of the plain shape; None otherwise (the regex path decides then)."""
+    inner = run[len(_OPEN) : -len(_CLOSE)]
+    first_close = inner.find(_CLOSE)
+    if first_close < 0:
+        sep, anchors = b"", [inner]
+    else:
+        separator = _SEPARATOR.match(inner, first_close)
+        if separator is None:
+            return None
+        sep = separator.group()
+        anchors = inner.split(sep)
+    parts = _TAG_END.join(anchors).split(_TAG_END)
+    if len(parts) != 2 * len(anchors):
+        return None
+    hrefs, names = parts[0::2], parts[1::2]
+    again = [b"", _TAG_END, b"", sep] * len(anchors)
+    again[0::4] = hrefs
+    again[2::4] = names
+    rebuilt = b"".join(again)
+    if len(rebuilt) != len(inner) + len(sep) or not rebuilt.startswith(inner):
+        return None
+    if b"".join(hrefs).translate(None, _HREF_BYTES) or b"" in names:
+        return None
+    if b"".join(names).translate(None, _NAME_BYTES):
+        return None
+    return names
+
+
+def _plain_names(stretch: bytes) -> list[bytes] | None:
+    """The anchor texts of a stretch ending just after an `</a>` (or the root's last
+    bytes), if it is of the plain shape: by the fast path from its first anchor on where
+    it can, else by the regex path; None if neither reads it."""
+    first = stretch.find(_OPEN)
+    if first >= 0 and stretch.endswith(_CLOSE):
+        names = _anchor_run(stretch[first:])
+        if names is not None:
+            head = _regex_names(stretch[:first])
+            return None if head is None else head + names
+    return _regex_names(stretch)
+
+
+def _regex_names(stretch: bytes) -> list[bytes] | None:
+    try:
+        text = stretch.decode()
+    except UnicodeDecodeError as exc:
+        raise PageFormatError(f"root is not UTF-8: {exc}") from None
+    if not _PLAIN_STRETCH.fullmatch(text):
+        return None
+    labels = _ANCHOR_TEXT.findall(text)
+    if "&" in text:
+        labels = [html.unescape(label) if "&" in label else label for label in labels]
+    return encoded(list(filter(None, map(str.strip, labels))))
+
+
+class HtmlNames:
+    """PEP 503 root: the text of every anchor is a project name."""
+
+    serial: int | None = None
+
+    def __init__(self) -> None:
+        self._parser: AnchorTexts | None = None  # once the root left the plain shape
+        self._pending = b""
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+
+    def feed(self, chunk: bytes, *, final: bool = False) -> list[bytes]:
+        names: list[bytes] = []
+        data = chunk
+        if self._parser is None:
+            data = self._pending + chunk
+            cut = len(data) if final else data.rfind(_CLOSE) + len(_CLOSE)
+            if cut < len(_CLOSE) and not final:
+                cut = 0
+            plain = _plain_names(data[:cut])
+            if plain is not None:
+                names = plain
+                self._pending = data[cut:]
+                if len(self._pending) <= _PENDING_LIMIT:
+                    return names
+                data, self._pending = self._pending, b""
+            self._parser = AnchorTexts()
+        # Decoded incrementally: a chunk may end inside a character.
+        try:
+            text = self._decoder.decode(data, final)
+        except UnicodeDecodeError as exc:
+            raise PageFormatError(f"root is not UTF-8: {exc}") from None
+        self._parser.feed(text)
+        names += encoded(self._parser.names)
+        self._parser.names = []
+        return names
+
+    def close(self) -> list[bytes]:
+        names = self.feed(b"", final=True)
+        if self._parser is not None:
+            self._parser.close()
+            names += encoded(self._parser.names)
+        return names
+
+
+class JsonNames:
+    """PEP 691 root, `{"meta": {...}, "projects": [{"name": ...}, ...]}`, keys in any order,
+    entries with any other keys (pypi.org's carry `_last-serial`).
+
+    ijson (its C backend, yajl2_c, where installed) parses the bytes as they come and
+    picks out the names itself, so memory stays flat however long the list and no
+    per-token work happens in Python. The serial in `meta` is wanted only when the
+    response had no X-PyPI-Last-Serial: a second parser reads the document until it
+    has seen `meta` (at once where `meta` comes first, as on pypi.org).
+    """
+
+    def __init__(self, *, want_serial: bool = True) -> None:
+        self.serial: int | None = None
+        self._names = ijson.sendable_list()
+        self._parser = ijson.items_coro(self._names, "projects.item.name")
+        self._metas = ijson.sendable_list()
+        self._meta: Any = ijson.items_coro(self._metas, "meta") if want_serial else None
+        self._started = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if not self._started and chunk.strip():
+            if not chunk.lstrip().startswith(b"{"):
+                raise PageFormatError("root JSON is not an object")
+            self._started = True
+        try:
+            self._parser.send(chunk)
+            if self._meta is not None:
+                self._meta.send(chunk)
+        except ijson.JSONError as exc:
+            raise PageFormatError(f"root JSON: {exc}") from None
+        return self._take()
+
+    def close(self) -> list[bytes]:
+        if not self._started:
+            raise PageFormatError("root JSON is empty")
+        try:
+            self._parser.close()
+        except ijson.JSONError as exc:
+            raise PageFormatError(f"root JSON is truncated or malformed: {exc}") from None
+        return self._take()
+
+    def _take(self) -> list[bytes]:
+        if self._metas:
+            meta = self._metas[0]
+            serial = meta.get("_last-serial") if isinstance(meta, dict) else None
+            if type(serial) is int and serial >= 0:
+                self.serial = serial
+            self._meta = None  # seen: the rest of the document is not its business
+            del self._metas[:]
+        names: list[str] = self._names[:]
+        del self._names[:]
+        if not all(map(isinstance, names, repeat(str))):
+            names = [n for n in names if isinstance(n, str)]  # a malformed entry: skipped
+        return encoded(names)
