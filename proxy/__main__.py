@@ -27,7 +27,7 @@ from proxy.server.accesslog import AccessLogger, access_logger
 from proxy.server.app import SINGLE, WorkerRole, create_app, prepare_shared
 from proxy.server.fastfront import Front, FrontSite
 from proxy.server.filestore import FileStore
-from proxy.server.keys import METRICS, PAGES
+from proxy.server.keys import FILES, METRICS, PAGES
 from proxy.server.scrub import Pacer, scrub_pass
 from proxy.server.workers import StartFailed, Supervisor, reserve, use_multiprocess_metrics
 from proxy.wheelhouse.store import Wheelhouse
@@ -203,8 +203,10 @@ async def serve(
     try:
 
         def front(server: web.Server) -> Front:
-            # Warm pages answered by the connection's protocol; aiohttp's handler the rest.
-            return Front(server, app[PAGES], app[METRICS], access_log=config.proxy.access_log)
+            # Warm pages and files answered by the connection's protocol; aiohttp the rest.
+            return Front(
+                server, app[PAGES], app[FILES], app[METRICS], access_log=config.proxy.access_log
+            )
 
         site = FrontSite(
             runner,

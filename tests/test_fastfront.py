@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -14,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from packaging.utils import NormalizedName
 
-from proxy.server.fastfront import _read_head
+from proxy.server.fastfront import Plain, _read_head
 from tests.conftest import BIN, ProxyProcess, client_env, run, write_config
 from tests.dists import make_sdist, make_wheel
 from tests.samples import parse_samples
@@ -109,7 +111,8 @@ async def warm(base: str, path: str, *headers: str) -> Response:
     """The page fetched until the front answers it (the first fetch fills the caches),
     each time on a new connection: one aiohttp took stays aiohttp's."""
     before = await front_answers(base)
-    for _ in range(3):
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
         conn = await Connection.open(base)
         await conn.send(get(path, *headers))
         response = await conn.read()
@@ -358,13 +361,25 @@ PIP_HEAD = (
 
 
 def test_the_front_reads_the_heads_clients_send() -> None:
-    assert _read_head(PIP_HEAD) == (
-        "grpcio-tools",
+    assert _read_head(PIP_HEAD) == Plain(
+        "/simple/grpcio-tools/",
+        NormalizedName("grpcio-tools"),
+        None,
         "application/vnd.pypi.simple.v1+json, text/html; q=0.01",
         "gzip, deflate",
     )
-    assert _read_head("GET /simple/a/ HTTP/1.1") == ("a", None, None)
-    assert _read_head("GET /simple/a/ HTTP/1.1\r\nAccept:\r\nX-Empty:") == ("a", "", None)
+    a = NormalizedName("a")
+    assert _read_head("GET /simple/a/ HTTP/1.1") == Plain("/simple/a/", a, None, None, None)
+    empty = "GET /simple/a/ HTTP/1.1\r\nAccept:\r\nX-Empty:"
+    assert _read_head(empty) == Plain("/simple/a/", a, None, "", None)
+    wheel = "GET /files/a-b/a_b-1.0-py3-none-any.whl HTTP/1.1\r\nUser-Agent: uv/0.5"
+    assert _read_head(wheel) == Plain(
+        "/files/a-b/a_b-1.0-py3-none-any.whl",
+        NormalizedName("a-b"),
+        "a_b-1.0-py3-none-any.whl",
+        None,
+        None,
+    )
 
 
 @pytest.mark.parametrize(
@@ -394,7 +409,91 @@ def test_the_front_reads_the_heads_clients_send() -> None:
         "GET /simple/a/ HTTP/1.1\r\nIf-None-Match: *",
         "GET /simple/a/ HTTP/1.1\r\nIf-Modified-Since: Tue, 01 Dec 2026 00:00:00 GMT",
         "GET /simple/a/ HTTP/1.1\r\nRange: bytes=0-1",
+        "GET /files/a/a-1.0.tar.gz HTTP/1.1\r\nRange: bytes=0-1",
+        "GET /files/a/a-1.0%2Blocal.tar.gz HTTP/1.1",
+        "GET /files/A/a-1.0.tar.gz HTTP/1.1",
+        "GET /files/a/ HTTP/1.1",
+        "GET /files/a/b/c HTTP/1.1",
+        "HEAD /files/a/a-1.0.tar.gz HTTP/1.1",
     ],
 )
 def test_the_front_leaves_every_other_head_to_aiohttp(head: str) -> None:
     assert _read_head(head) is None
+
+
+async def test_a_small_cached_file_from_the_front_is_aiohttps_answer(
+    proxy_process: StartProxy, upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    wheel = make_wheel("demo", "1.0", payload=b"x" * 50_000)
+    upstream.add("demo", wheel)
+    proxy, base = await started(proxy_process, tmp_path, upstream)
+    await warm(base, "/simple/demo/")
+    for path, body in (
+        (f"/files/demo/{wheel.filename}", wheel.content),
+        (f"/files/demo/{wheel.filename}.metadata", wheel.metadata),
+    ):
+        # Fetched (aiohttp), then read into memory in the background: the front's after.
+        fronted = await warm(base, path)
+        conn = await Connection.open(base)
+        await conn.send(get(path, TO_AIOHTTP))
+        through_aiohttp = await conn.read()
+        await conn.close()
+        assert fronted.status == 200 and fronted.body == body
+        assert fronted.header("X-Cache") == "HIT" and fronted.header("ETag") is not None
+        assert fronted.comparable() == through_aiohttp.comparable()
+        assert upstream.requests[path] == 1
+    assert await proxy.stop() == 0
+
+
+async def test_files_the_front_leaves_to_aiohttp(
+    proxy_process: StartProxy, upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    large = make_wheel("demo", "1.0", payload=os.urandom(2 * 1024 * 1024))  # over 1 MiB
+    small = make_wheel("demo", "2.0", payload=b"y" * 1000)
+    upstream.add("demo", large, small, make_sdist("demo", "2.0"))
+    config = write_config(tmp_path, upstream.url, projects=("demo",))
+    proxy = proxy_process(config, tmp_path / "log")
+    base = (await proxy.start()).removesuffix("simple/")
+    await warm(base, "/simple/demo/")
+    sdist = "demo-2.0.tar.gz"
+    await warm(base, f"/files/demo/{small.filename}")  # a small wheel: the front's
+    # A large file, and the sdist of a supported project (its demand is recorded), are
+    # aiohttp's every time.
+    before = await front_answers(base)
+    for path in (f"/files/demo/{large.filename}", f"/files/demo/{sdist}") * 3:
+        conn = await Connection.open(base)
+        await conn.send(get(path, "User-Agent: pip/24.0 CPython/3.12.1 Linux/6.1 aarch64"))
+        assert (await conn.read()).status == 200
+        await conn.close()
+    assert await front_answers(base) == before
+    assert await proxy.stop() == 0
+
+
+async def test_a_file_damaged_on_disk_is_never_taken_into_memory(
+    proxy_process: StartProxy, upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    wheel = make_wheel("demo", "1.0", payload=b"z" * 20_000)
+    upstream.add("demo", wheel)
+    proxy, base = await started(proxy_process, tmp_path, upstream)
+    await warm(base, "/simple/demo/")
+    path = f"/files/demo/{wheel.filename}"
+    conn = await Connection.open(base)
+    await conn.send(get(path))
+    assert (await conn.read()).body == wheel.content
+    await conn.close()
+    [cached] = [p for p in (tmp_path / "cache" / "files").rglob(wheel.sha256) if p.is_file()]
+    st = cached.stat()
+    rotten = bytearray(cached.read_bytes())
+    rotten[100] ^= 1
+    cached.write_bytes(bytes(rotten))
+    os.utime(cached, ns=(st.st_atime_ns, st.st_mtime_ns))  # bit rot: same size and mtime
+    # aiohttp's path sends it from disk (the scrubber finds bit rot); the front, which
+    # would hold it in memory, hashes it first and never takes it.
+    before = await front_answers(base)
+    for _ in range(5):
+        conn = await Connection.open(base)
+        await conn.send(get(path))
+        assert (await conn.read()).status == 200
+        await conn.close()
+    assert await front_answers(base) == before
+    assert await proxy.stop() == 0

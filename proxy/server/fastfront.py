@@ -1,25 +1,27 @@
-"""The fast front: warm project pages answered by the connection's own protocol.
+"""The fast front: warm pages and small files answered by the connection's own protocol.
 
 aiohttp's Application costs about 45 us a request before our handler runs (a Request
 object, routing, middlewares, a task per request, a StreamResponse), four times what
-sending a warm page takes. A warm page needs none of it: its bytes are in memory.
+sending a warm page takes. A warm answer needs none of it: its bytes are in memory.
 
 Every connection starts with `FrontProtocol`. A request it can answer whole from memory
-(a GET of a normalized `/simple/{name}/`, no query, no body, no condition, headers in
-the plain form every client sends) is answered here, in order. The first request it
-cannot answer hands the connection, with every byte not yet answered, to aiohttp's own
-`RequestHandler`, which serves it and everything after: routing, errors, 301s, 304s,
-cold pages, files, uploads. The reading here is deliberately narrow: it only ever
-decides "not mine", never reads a request differently from aiohttp's parser (anything
-unusual in its syntax is aiohttp's to answer or refuse).
+(a GET of a normalized `/simple/{name}/` whose page is warm, or of a small cached
+`/files/{name}/{filename}` whose bytes are held; no query, no body, no condition, no
+range, headers in the plain form every client sends) is answered here, in order. The
+first request it cannot answer hands the connection, with every byte not yet answered,
+to aiohttp's own `RequestHandler`, which serves it and everything after: routing,
+errors, 301s, 304s, cold pages, files from disk, uploads. The reading here is
+deliberately narrow: it only ever decides "not mine", never reads a request differently
+from aiohttp's parser (anything unusual in its syntax is aiohttp's to answer or refuse).
 
-Counted and logged as aiohttp's path counts and logs a page (the `edge` middleware, the
-access log), with the same headers (proxy.server.views.page_headers).
+Counted and logged as aiohttp's path counts and logs them (the `edge` middleware, the
+access log), with the same headers (proxy.server.views.page_headers; FileResponse's).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import socket
 import string
@@ -34,14 +36,20 @@ from packaging.utils import NormalizedName
 
 from proxy.server.accesslog import write_access_line
 from proxy.server.encoding import accepts_gzip
+from proxy.server.files import Files, HotFile
 from proxy.server.metrics import Metrics
 from proxy.server.pages import Page, Pages
 from proxy.server.views import page_headers
+from proxy.server.xcache import CacheStatus
 from proxy.simple.negotiate import negotiate
 
-# `GET /simple/{normalized name}/ HTTP/1.1`, and nothing else (a name in another
-# form is redirected by aiohttp's path; a query may carry ?format=).
-_REQUEST_LINE = re.compile(r"GET /simple/([a-z0-9]+(?:-[a-z0-9]+)*)/ HTTP/1\.1")
+# `GET /simple/{name}/` or `GET /files/{name}/{filename}`, HTTP/1.1, names in normal
+# form (any other is redirected by aiohttp's path), a filename with no escapes, no query
+# (it may carry ?format=): nothing else.
+_NAME = r"[a-z0-9]+(?:-[a-z0-9]+)*"
+_REQUEST_LINE = re.compile(
+    rf"GET (/(?:simple/({_NAME})/|files/({_NAME})/([A-Za-z0-9._-]+))) HTTP/1\.1"
+)
 # What a field name is made of (RFC 9110 5.6.2's tchar).
 _TOKEN = "!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits
 # Headers that make a request something other than a plain GET of the current page.
@@ -64,7 +72,13 @@ _HEADS_MAX = 4096  # response heads memoized within one second
 # A head longer than this without its end is aiohttp's to refuse (its limit is 8190
 # bytes a line).
 _MAX_HEAD = 16 * 1024
-ROUTE = "/simple/{project}/"
+PAGE_ROUTE = "/simple/{project}/"
+FILE_ROUTE = "/files/{project}/{filename}"
+FILE_HEADERS = (
+    "Content-Type: application/octet-stream\r\n"
+    "Cache-Control: public, max-age=31536000, immutable\r\n"
+    "Accept-Ranges: bytes\r\n"
+)
 # Bodies up to this size go out joined to their head, in one send; larger ones in two
 # writes, never copied.
 _JOIN_MAX = 64 * 1024
@@ -93,12 +107,14 @@ class Front:
         self,
         handoff: Callable[[], asyncio.Protocol],
         pages: Pages,
+        files: Files,
         metrics: Metrics,
         *,
         access_log: bool,
     ) -> None:
         self._handoff = handoff
         self._pages = pages
+        self._files = files
         self._metrics = metrics
         self._access_log = access_log
         self._date = _Date()
@@ -106,7 +122,8 @@ class Front:
         # The response heads of this second (the Date is in them), by what they say.
         self._heads: dict[tuple[object, ...], bytes] = {}
         self._heads_date = ""
-        self._uncounted = 0  # answers of this turn of the loop, not yet in the metrics
+        # Answers of this turn of the loop by route, not yet in the metrics.
+        self._uncounted: dict[str, int] = {}
 
     def __call__(self) -> FrontProtocol:
         return FrontProtocol(self)
@@ -117,26 +134,51 @@ class Front:
         for protocol in list(self._open):
             protocol.close()
 
-    def answer(
-        self, name: NormalizedName, accept: str | None, encoding: str | None
-    ) -> Answer | None:
-        """The whole response to a GET of `name`'s page, when it is warm; else None."""
-        fmt = negotiate(accept, None)
+    def answer(self, request: Plain) -> Answer | None:
+        """The whole response to a plain GET, when what it asks for is warm; else None."""
+        if request.filename is not None:
+            hot = self._files.warm(request.project, request.filename)
+            return None if hot is None else self._file_response(hot)
+        fmt = negotiate(request.accept, None)
         if fmt is None:
             return None
-        offers_gzip = accepts_gzip(encoding)
-        page = self._pages.warm(name, fmt, offers_gzip=offers_gzip)
+        offers_gzip = accepts_gzip(request.encoding)
+        page = self._pages.warm(request.project, fmt, offers_gzip=offers_gzip)
         if page is None:
             return None
         return self._response(page, offers_gzip)
 
+    def _memo_heads(self) -> str:
+        """This second's Date; the memo of heads starts again with each second (the
+        Date, and every max-age, move on)."""
+        date = self._date.now()
+        if date != self._heads_date:
+            self._heads.clear()
+            self._heads_date = date
+        return date
+
+    def _file_response(self, hot: HotFile) -> Answer:
+        date = self._memo_heads()
+        key = (FILE_ROUTE, hot.mtime_ns, len(hot.body))
+        head = self._heads.get(key)
+        if head is None:
+            # As FileResponse answers: its ETag and Last-Modified (rounded up, as
+            # aiohttp rounds it) from the file's stat.
+            modified = formatdate(math.ceil(hot.mtime_ns / 1e9), usegmt=True)
+            head = (
+                f"HTTP/1.1 200 OK\r\n{FILE_HEADERS}X-Cache: {CacheStatus.HIT.header}\r\n"
+                f"ETag: {hot.etag}\r\nLast-Modified: {modified}\r\n"
+                f"Content-Length: {len(hot.body)}\r\n"
+                f"Date: {date}\r\nServer: {SERVER_SOFTWARE}\r\n\r\n"
+            ).encode("latin-1")
+            if len(self._heads) < _HEADS_MAX:
+                self._heads[key] = head
+        return Answer(head, hot.body, CacheStatus.HIT.header, FILE_ROUTE)
+
     def _response(self, page: Page, offers_gzip: bool) -> Answer:
         gzipped = page.gzip if offers_gzip else None
         body = page.body if gzipped is None else gzipped
-        date = self._date.now()
-        if date != self._heads_date:
-            self._heads.clear()  # the Date, and every max-age, move on each second
-            self._heads_date = date
+        date = self._memo_heads()
         key = (page.etag, gzipped is not None, page.format, page.cache, page.max_age, page.serial)
         head = self._heads.get(key)
         if head is None:
@@ -150,32 +192,44 @@ class Front:
             ).encode("latin-1")
             if len(self._heads) < _HEADS_MAX:
                 self._heads[key] = head
-        return Answer(head, body, page.cache.header)
+        return Answer(head, body, page.cache.header, PAGE_ROUTE)
 
     def answered(self, path: str, answer: Answer, started: float) -> None:
         # Counted at the end of the loop's turn, in one step for all its answers: the
         # metrics' locks cost more than a turn's worth of increments.
         if not self._uncounted:
             asyncio.get_running_loop().call_soon(self._count)
-        self._uncounted += 1
+        self._uncounted[answer.route] = self._uncounted.get(answer.route, 0) + 1
         if self._access_log:
             ms = (time.perf_counter() - started) * 1000
             write_access_line(f"GET {path} 200 {len(answer.body)} {ms:.1f}ms {answer.x_cache}")
 
     def _count(self) -> None:
-        count, self._uncounted = self._uncounted, 0
-        self._metrics.requests.inc(count, route=ROUTE, status="200")
-        self._metrics.front_answers.inc(count)
+        counts, self._uncounted = self._uncounted, {}
+        for route, count in counts.items():
+            self._metrics.requests.inc(count, route=route, status="200")
+            self._metrics.front_answers.inc(count)
 
 
 class Answer(NamedTuple):
     head: bytes  # the status line and the header block
     body: bytes
     x_cache: str
+    route: str  # as the metrics name it
 
 
-def _read_head(head: str) -> tuple[NormalizedName, str | None, str | None] | None:
-    """(project, Accept, Accept-Encoding) of a plain GET of a page; None otherwise.
+class Plain(NamedTuple):
+    """A plain GET the front may answer: of a page (no filename) or a file."""
+
+    path: str
+    project: NormalizedName
+    filename: str | None
+    accept: str | None
+    encoding: str | None
+
+
+def _read_head(head: str) -> Plain | None:
+    """The plain GET of a page or a file this head asks for; None for any other.
 
     With str methods, not a regex per line: a pip request's head is read in 4 us, not 13."""
     lines = head.split("\r\n")
@@ -205,7 +259,8 @@ def _read_head(head: str) -> tuple[NormalizedName, str | None, str | None] | Non
             return None
         elif name == "connection" and value.lower() != "keep-alive":
             return None  # close (or anything else): aiohttp's to honour
-    return NormalizedName(matched[1]), accept, encoding
+    path, page, project, filename = matched.groups()
+    return Plain(path, NormalizedName(page or project), filename, accept, encoding)
 
 
 class FrontProtocol(asyncio.Protocol):
@@ -285,7 +340,7 @@ class FrontProtocol(asyncio.Protocol):
             started = time.perf_counter()
             head = self._buffer[:end].decode("latin-1")
             request = _read_head(head)
-            answer = self._front.answer(*request) if request is not None else None
+            answer = self._front.answer(request) if request is not None else None
             if request is None or answer is None:
                 self._hand_off()
                 return
@@ -296,7 +351,7 @@ class FrontProtocol(asyncio.Protocol):
                 transport.write(answer.head)  # no copy of a large body
                 transport.write(answer.body)
             self._last_active = asyncio.get_running_loop().time()
-            self._front.answered(f"/simple/{request[0]}/", answer, started)
+            self._front.answered(request.path, answer, started)
 
     def _hand_off(self) -> None:
         """aiohttp serves this connection from here on, starting with the unanswered bytes."""

@@ -128,6 +128,12 @@ class Pages:
         checked against. Raises UpstreamError when upstream fails and nothing is held."""
         return (await self._cache.get(name)).entry.page
 
+    def fresh_listing(self, name: NormalizedName) -> ProjectPage | None:
+        """Upstream's page, when it is in memory and fresh (the fast front's file
+        answers); None: ask `listing`."""
+        result = self._cache.fresh(name)
+        return result.entry.page if result is not None else None
+
     async def get(self, name: NormalizedName, fmt: Format, *, offers_gzip: bool = False) -> Page:
         """The page of a normalized project name in `fmt`; with `offers_gzip` (the client
         offers it), its gzipped body too once made (the first such ask starts it).
