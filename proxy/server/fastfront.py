@@ -21,6 +21,7 @@ access log), with the same headers (proxy.server.views.page_headers; FileRespons
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import socket
@@ -42,6 +43,8 @@ from proxy.server.pages import Page, Pages
 from proxy.server.views import page_headers
 from proxy.server.xcache import CacheStatus
 from proxy.simple.negotiate import negotiate
+
+log = logging.getLogger(__name__)
 
 # `GET /simple/{name}/` or `GET /files/{name}/{filename}`, HTTP/1.1, names in normal
 # form (any other is redirected by aiohttp's path), a filename with no escapes, no query
@@ -147,6 +150,15 @@ class Front:
         if page is None:
             return None
         return self._response(page, offers_gzip)
+
+    def safe_answer(self, request: Plain) -> Answer | None:
+        """`answer`, or None should it fail: aiohttp's path then answers the request
+        (and its error, if it has the same bug), never a connection cut without a word."""
+        try:
+            return self.answer(request)
+        except Exception:
+            log.exception("the fast front failed on %s; aiohttp answers it", request.path)
+            return None
 
     def _memo_heads(self) -> str:
         """This second's Date; the memo of heads starts again with each second (the
@@ -340,7 +352,7 @@ class FrontProtocol(asyncio.Protocol):
             started = time.perf_counter()
             head = self._buffer[:end].decode("latin-1")
             request = _read_head(head)
-            answer = self._front.answer(request) if request is not None else None
+            answer = self._front.safe_answer(request) if request is not None else None
             if request is None or answer is None:
                 self._hand_off()
                 return
