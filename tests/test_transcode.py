@@ -31,7 +31,8 @@ JSON_BODIES = sorted(
 
 
 def both(body: bytes, name: str = "demo", serial: int | None = 7) -> tuple[bytes, bytes]:
-    """(the model path's rendering, the first answer's), or PageFormatError from both."""
+    """(the model path's rendering, the first answer's), or PageFormatError from both;
+    the model the first answer hands the page cache is checked to be the parser's."""
     resp = PageResponse(status=200, url=PAGE_URL, body=body, content_type=JSON_V1, serial=serial)
     try:
         page, _ = _parse(resp, name)
@@ -40,7 +41,9 @@ def both(body: bytes, name: str = "demo", serial: int | None = 7) -> tuple[bytes
             _first_json(resp, name)  # type: ignore[arg-type]
         raise
     reference = _render(page, name, True).body  # type: ignore[arg-type]
-    return reference, _first_json(resp, name).body  # type: ignore[arg-type]
+    first = _first_json(resp, name)  # type: ignore[arg-type]
+    assert first.model() == page
+    return reference, first.body
 
 
 def entry(filename: str = "demo-1.0-py3-none-any.whl", **keys: Any) -> dict[str, Any]:

@@ -84,16 +84,18 @@ class Fetched:
     """Upstream's 200 for a page nothing was held for, handed over as it arrived.
 
     The page behind it is parsed, checked and stored once `release` is called: call
-    it as soon as the answer is made from `response` (whether or not it could be).
-    `result` is then the page as kept, or its failure (a page that does not parse
-    is never kept, whatever was made of it).
+    it as soon as the answer is made from `response` (whether or not it could be),
+    with the page model if making the answer read it already (it must be the very
+    model parsing `response` gives; None: the page cache parses it). `result` is
+    then the page as kept, or its failure (a page that does not parse is never
+    kept, whatever was made of it).
     """
 
     response: PageResponse
     generation: int  # the entry's, once parsed: what its renderings are keyed by
     expires_at: float  # when the entry stops being fresh
     result: asyncio.Future[PageResult]
-    release: Callable[[], None]
+    release: Callable[[Callable[[], ProjectPage] | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,11 @@ class _Handoff:
     def __init__(self) -> None:
         self.arrival: asyncio.Future[_Arrival] = asyncio.get_running_loop().create_future()
         self.released = asyncio.Event()
+        self.model: Callable[[], ProjectPage] | None = None  # given back with the release
+
+    def release(self, model: Callable[[], ProjectPage] | None = None) -> None:
+        self.model = model
+        self.released.set()
 
 
 class PageCache:
@@ -207,7 +214,7 @@ class PageCache:
             generation=arrival.generation,
             expires_at=arrival.fetched_at + self._ttl,
             result=task,
-            release=handoff.released.set,
+            release=handoff.release,
         )
 
     async def _held(self, name: str) -> CachedPage | None:
@@ -267,7 +274,8 @@ class PageCache:
                 # these bytes; parsing them waits until it has.
                 handoff.arrival.set_result(_Arrival(resp, generation, now))
                 await handoff.released.wait()
-            entry, status = await self._take(name, held, resp, now, generation)
+            model = handoff.model if handoff is not None else None
+            entry, status = await self._take(name, held, resp, now, generation, model)
         except UpstreamError as exc:
             if held is None or held.page is None:
                 raise
@@ -277,7 +285,13 @@ class PageCache:
         return PageResult(entry, status, entry.fetched_at + self._lifetime(entry))
 
     async def _take(
-        self, name: str, held: CachedPage | None, resp: PageResponse, now: float, generation: int
+        self,
+        name: str,
+        held: CachedPage | None,
+        resp: PageResponse,
+        now: float,
+        generation: int,
+        model: Callable[[], ProjectPage] | None = None,
     ) -> tuple[CachedPage, CacheStatus]:
         if resp.status == 404:
             self._metrics.page_cache.inc(result="miss")
@@ -289,7 +303,10 @@ class PageCache:
             self._metrics.page_cache.inc(result="revalidated")
             return await self._confirm(name, held, now), CacheStatus.REVALIDATED
         try:
-            page, size = await asyncio.to_thread(_parse, resp, name)
+            if model is None:
+                page, size = await asyncio.to_thread(_parse, resp, name)
+            else:
+                page, size = await asyncio.to_thread(_built, model)
         except PageFormatError as exc:
             self._metrics.pages_rejected.inc(reason="unparseable")
             raise UpstreamError("bad_body", f"{name}: {exc}") from None
@@ -434,6 +451,12 @@ def _retrieve(task: asyncio.Future[PageResult]) -> None:
     # the held page); here it is only marked as seen.
     if not task.cancelled():
         task.exception()
+
+
+def _built(model: Callable[[], ProjectPage]) -> tuple[ProjectPage, int]:
+    """The model a caller read already (what _parse would give), and its size in memory."""
+    page = model()
+    return page, page_size(page)
 
 
 def _parse(resp: PageResponse, name: str) -> tuple[ProjectPage, int]:

@@ -180,6 +180,7 @@ class Pages:
         """The answer made from upstream's bytes as they arrived, when it can be (JSON
         asked and JSON sent); None: the caller waits for the parsed page instead."""
         resp = fetched.response
+        made: ClientPage | None = None
         try:
             media = resp.content_type.split(";", 1)[0].strip().lower()
             if not fmt.is_json or media not in JSON_TYPES:
@@ -189,7 +190,8 @@ class Pages:
             except PageFormatError:
                 return None  # the page cache's own parse says why, and keeps nothing
         finally:
-            fetched.release()
+            # The model this pass read, for the page cache to keep without parsing again.
+            fetched.release(made.model if made is not None else None)
         rendered = Rendered(made.body, _etag(made.body))
         # The same bytes a render of the parsed page gives, under the entry's key (as
         # _memo_key makes it: no wheels of ours, JSON): the next request (or one waiting
