@@ -104,10 +104,11 @@ _HREF_BYTES = (string.ascii_letters + string.digits + "-._~:/?#[]@!$()*+,;=%").e
 _NAME_BYTES = (string.ascii_letters + string.digits + "-._").encode()
 
 
-def _anchor_run(run: bytes) -> list[bytes] | None:
-    """The names of `run`, which starts at an `<a href="` and ends with an `</a>`, if it
-    is all of the plain shape; None otherwise (the regex path decides then)."""
-    inner = run[len(_OPEN) : -len(_CLOSE)]
+def _anchor_run(data: bytes, start: int = 0, end: int | None = None) -> list[bytes] | None:
+    """The names of the run `data[start:end]`, which starts at an `<a href="` and ends with
+    an `</a>`, if it is all of the plain shape; None otherwise (the regex path decides)."""
+    end = len(data) if end is None else end
+    inner = data[start + len(_OPEN) : end - len(_CLOSE)]  # the one copy made of the run
     first_close = inner.find(_CLOSE)
     if first_close < 0:
         sep, anchors = b"", [inner]
@@ -134,17 +135,17 @@ def _anchor_run(run: bytes) -> list[bytes] | None:
     return names
 
 
-def _plain_names(stretch: bytes) -> list[bytes] | None:
-    """The anchor texts of a stretch ending just after an `</a>` (or the root's last
-    bytes), if it is of the plain shape: by the fast path from its first anchor on where
-    it can, else by the regex path; None if neither reads it."""
-    first = stretch.find(_OPEN)
-    if first >= 0 and stretch.endswith(_CLOSE):
-        names = _anchor_run(stretch[first:])
+def _plain_names(data: bytes, cut: int) -> list[bytes] | None:
+    """The anchor texts of the stretch `data[:cut]`, which ends just after an `</a>` (or
+    with the root's last bytes), if it is of the plain shape: by the fast path from its
+    first anchor on where it can, else by the regex path; None if neither reads it."""
+    first = data.find(_OPEN, 0, cut)
+    if first >= 0 and data.endswith(_CLOSE, 0, cut):
+        names = _anchor_run(data, first, cut)
         if names is not None:
-            head = _regex_names(stretch[:first])
+            head = _regex_names(data[:first])
             return None if head is None else head + names
-    return _regex_names(stretch)
+    return _regex_names(data[:cut])
 
 
 def _regex_names(stretch: bytes) -> list[bytes] | None:
@@ -178,7 +179,7 @@ class HtmlNames:
             cut = len(data) if final else data.rfind(_CLOSE) + len(_CLOSE)
             if cut < len(_CLOSE) and not final:
                 cut = 0
-            plain = _plain_names(data[:cut])
+            plain = _plain_names(data, cut)
             if plain is not None:
                 names = plain
                 self._pending = data[cut:]
