@@ -456,11 +456,13 @@ class _RootWriter:
             canonical = [c for _, c in kept]
         # A valid name is only [A-Za-z0-9._-] (or the two letters packaging's case
         # folding lets in): nothing to escape in HTML or JSON.
-        anchors = [b'<a href="', b"", b'/">', b"", b"</a><br/>\n"] * len(names)
-        anchors[1::5] = canonical
-        anchors[3::5] = names
+        # Four pieces a name, joined once: `c/">n</a><br/>\n<a href="`, each after the first.
+        anchors = [b"", b'/">', b"", b'</a><br/>\n<a href="'] * len(names)
+        anchors[0::4] = canonical
+        anchors[2::4] = names
+        anchors[-1] = b"</a><br/>\n"
         self._out(
-            b"".join(anchors),
+            b'<a href="' + b"".join(anchors),
             (b"," if self._count else b"") + b'{"name":"' + b'"},{"name":"'.join(names) + b'"}',
         )
         self._count += len(names)
