@@ -106,13 +106,7 @@ async def test_a_cached_file_behind_a_symlinked_folder_is_not_read_through(
 def _store_one(root: Path, content: bytes) -> tuple[FileStore, str]:
     store = FileStore(root, None)
     store.open()
-    sha = hashlib.sha256(content).hexdigest()
-    partial = store.begin(sha)
-    partial.write(content)
-    partial.hash(content)
-    store.commit(partial, len(content))
-    os.close(partial.fd)
-    return store, sha
+    return store, _commit(store, content)
 
 
 def test_a_hot_hit_skips_the_thread_but_never_a_changed_file(tmp_path: Path) -> None:
