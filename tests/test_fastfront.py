@@ -195,6 +195,17 @@ async def test_pipelined_requests_are_answered_in_order_across_the_handoff(
     assert await proxy.stop() == 0
 
 
+@pytest.fixture
+async def warm_demo(
+    proxy_process: StartProxy, upstream: FixtureUpstream, tmp_path: Path
+) -> tuple[ProxyProcess, str, float]:
+    """A proxy whose page of `demo` the front answers: (proxy, base URL, front answers)."""
+    upstream.add("demo", make_sdist("demo", "1.0"))
+    proxy, base = await started(proxy_process, tmp_path, upstream)
+    await warm(base, "/simple/demo/")
+    return proxy, base, await front_answers(base)
+
+
 def _raw_cases() -> dict[str, tuple[bytes, int, bytes | None]]:
     """Requests the front must leave to aiohttp: (bytes, aiohttp's status, a body part)."""
     smuggled = get("/health")
@@ -225,12 +236,9 @@ def _raw_cases() -> dict[str, tuple[bytes, int, bytes | None]]:
 
 @pytest.mark.parametrize("case", list(_raw_cases()))
 async def test_requests_the_front_does_not_read_are_aiohttps(
-    proxy_process: StartProxy, upstream: FixtureUpstream, tmp_path: Path, case: str
+    warm_demo: tuple[ProxyProcess, str, float], case: str
 ) -> None:
-    upstream.add("demo", make_sdist("demo", "1.0"))
-    proxy, base = await started(proxy_process, tmp_path, upstream)
-    await warm(base, "/simple/demo/")
-    before = await front_answers(base)
+    proxy, base, before = warm_demo
     raw, status, part = _raw_cases()[case]
     conn = await Connection.open(base)
     await conn.send(raw)
@@ -261,12 +269,9 @@ async def test_requests_the_front_does_not_read_are_aiohttps(
     ids=["obs-fold", "space-before-colon", "bare-lf", "nul"],
 )
 async def test_malformed_heads_get_aiohttps_answer_not_the_page(
-    proxy_process: StartProxy, upstream: FixtureUpstream, tmp_path: Path, head: bytes
+    warm_demo: tuple[ProxyProcess, str, float], head: bytes
 ) -> None:
-    upstream.add("demo", make_sdist("demo", "1.0"))
-    proxy, base = await started(proxy_process, tmp_path, upstream)
-    await warm(base, "/simple/demo/")
-    before = await front_answers(base)
+    proxy, base, before = warm_demo
     conn = await Connection.open(base)
     await conn.send(head)
     answer = await conn.read()
