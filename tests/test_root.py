@@ -468,6 +468,10 @@ ODD_ROOTS = {
     ),
     "quote in an href": PLAIN_ROOT.replace('"/simple/p-9/"', '"/simple/p-9"x"/"'),
     "space in an href": PLAIN_ROOT.replace('"/simple/p-9/"', '"/simple/p 9/"'),
+    "tag ends in an href": PLAIN_ROOT.replace('"/simple/p-9/"', '"/simple/p<b>-9/"'),
+    "a quote and a tag end in an href": PLAIN_ROOT.replace(
+        '<a href="/simple/p-9/">P_9<', '<a href="/simple/p-9" >x">P_9<'
+    ),
     "spaces around a name": PLAIN_ROOT.replace(">P_11<", "> P_11 <"),
     "extra attribute": PLAIN_ROOT.replace('p-12/">', 'p-12/" data-x="1">'),
     "tag inside a name": PLAIN_ROOT.replace(">P_13<", ">P_<b>13</b><"),
@@ -497,13 +501,20 @@ def test_the_fast_path_reads_the_common_shapes_and_leaves_the_others() -> None:
         text = text[: text.rindex('<a href="/simple/a-b/"')].rstrip().removesuffix("<br/>")
         return text[text.index("<a") :].encode()
 
-    for case in ("plain", "this proxy's own", "crlf", "no newline between anchors"):
+    for case in (
+        "plain",
+        "this proxy's own",
+        "crlf",
+        "no newline between anchors",
+        "space in an href",  # within its quotes: nothing to html.parser's tokens
+        "tag ends in an href",
+    ):
         assert _anchor_run(run(case)) == [f"P_{i}".encode() for i in range(3000)], case
     assert _anchor_run(b'<a href="/simple/x/">x</a>') == [b"x"]
     for case in (
         "shifted tag ends",
         "quote in an href",
-        "space in an href",
+        "a quote and a tag end in an href",
         "spaces around a name",
         "extra attribute",
         "tag inside a name",
@@ -515,6 +526,16 @@ def test_the_fast_path_reads_the_common_shapes_and_leaves_the_others() -> None:
         "single quotes",
     ):
         assert _anchor_run(run(case)) is None, case
+
+
+@pytest.mark.parametrize("chunk", [3, 4096, 1 << 20])
+def test_a_root_not_in_utf8_is_refused_wherever_the_byte_is(chunk: int) -> None:
+    for where in ('"/simple/p-9/"', ">P_9<", "<title>"):
+        body = PLAIN_ROOT.encode().replace(
+            where.encode(), where.encode()[:-1] + b"\xff" + where.encode()[-1:]
+        )
+        with pytest.raises(PageFormatError):
+            _html_names(body, chunk)
 
 
 def _mutated_roots(count: int) -> list[str]:
