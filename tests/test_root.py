@@ -134,6 +134,36 @@ async def test_a_cold_root_reaches_its_first_client_while_upstream_is_still_send
 
 
 @pytest.mark.parametrize("upstream_format", ["json", "html"])
+async def test_a_client_joining_a_cold_root_midway_gets_it_whole(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, upstream_format: str
+) -> None:
+    # The first client keeps up and is sent the last bytes written from memory; one that
+    # comes later starts from the files' first byte, read back from disk.
+    upstream.knobs.root_names = 30_000
+    upstream.knobs.root_format = upstream_format
+    upstream.knobs.root_hold = hold = asyncio.Event()
+    client = await make_proxy()
+    started = []
+    for accept in ("text/html", JSON_V1):
+        first = await client.get("/simple/", headers={"Accept": accept})
+        head = await asyncio.wait_for(first.content.readany(), 30)
+        later = await client.get("/simple/", headers={"Accept": accept})
+        assert later.headers["X-Cache"] == "MISS"  # following the same fetch
+        started.append((accept, first, head, later))
+    assert not hold.is_set()
+    hold.set()
+    bodies = {}
+    for accept, first, head, later in started:
+        bodies[accept] = (head + await first.read(), await later.read())
+    for accept, (first_body, later_body) in bodies.items():
+        assert first_body == later_body
+        again = await (await client.get("/simple/", headers={"Accept": accept})).read()
+        assert first_body == again
+    assert bodies[JSON_V1][0].count(b'"generated-project-') == 30_000
+    assert upstream.requests["/simple/"] == 1
+
+
+@pytest.mark.parametrize("upstream_format", ["json", "html"])
 async def test_a_cold_root_that_breaks_midway_cuts_its_clients_and_keeps_nothing(
     make_proxy: ProxyFactory, upstream: FixtureUpstream, upstream_format: str, tmp_path: Path
 ) -> None:
