@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from packaging.utils import NormalizedName
 
-from proxy.server.fastfront import Plain, _read_head
+from proxy.server.fastfront import FILE_ROUTE, Plain, _read_head
 from tests.conftest import BIN, ProxyProcess, client_env, run, write_config
 from tests.dists import make_sdist, make_wheel
 from tests.samples import parse_samples
@@ -89,7 +89,7 @@ def get(path: str, *headers: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-async def front_answers(base: str) -> float:
+async def metric(base: str, name: str, **labels: str) -> float:
     conn = await Connection.open(base)
     try:
         # Through aiohttp's path (another route): never counted by the front itself.
@@ -98,7 +98,11 @@ async def front_answers(base: str) -> float:
     finally:
         await conn.close()
     assert response.status == 200
-    return parse_samples(response.body.decode()).get((FRONT, frozenset()), 0.0)
+    return parse_samples(response.body.decode()).get((name, frozenset(labels.items())), 0.0)
+
+
+async def front_answers(base: str) -> float:
+    return await metric(base, FRONT)
 
 
 async def started(
@@ -449,6 +453,20 @@ async def test_a_small_cached_file_from_the_front_is_aiohttps_answer(
         assert fronted.header("X-Cache") == "HIT" and fronted.header("ETag") is not None
         assert fronted.comparable() == through_aiohttp.comparable()
         assert upstream.requests[path] == 1
+        # Counted as aiohttp's path counts a hit: the request, the hit, the bytes.
+        counts = [
+            (FRONT, {}),
+            ("pythonbuild_http_requests_total", {"route": FILE_ROUTE, "status": "200"}),
+            ("pythonbuild_file_cache_total", {"result": "hit"}),
+            ("pythonbuild_file_bytes_total", {"source": "cache"}),
+        ]
+        before = [await metric(base, name, **labels) for name, labels in counts]
+        conn = await Connection.open(base)
+        await conn.send(get(path))
+        assert (await conn.read()).body == body
+        await conn.close()
+        after = [await metric(base, name, **labels) for name, labels in counts]
+        assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1, len(body)]
     assert await proxy.stop() == 0
 
 
@@ -538,4 +556,23 @@ async def test_pip_and_uv_install_through_a_warm_front(
     assert all(later > before for before, later in itertools.pairwise(answered[1:]))
     assert upstream.requests["/simple/demo/"] == 1
     assert upstream.requests["/files/demo/demo-1.0-py3-none-any.whl"] == 1
+    assert await proxy.stop() == 0
+
+
+async def test_a_page_from_the_front_is_counted_as_aiohttps_path_counts_it(
+    warm_demo: tuple[ProxyProcess, str, float],
+) -> None:
+    proxy, base, _ = warm_demo
+    counts = [
+        (FRONT, {}),
+        ("pythonbuild_http_requests_total", {"route": "/simple/{project}/", "status": "200"}),
+        ("pythonbuild_page_cache_total", {"result": "hit"}),
+    ]
+    before = [await metric(base, name, **labels) for name, labels in counts]
+    conn = await Connection.open(base)
+    await conn.send(get("/simple/demo/") * 3)  # three answers, counted once at the turn's end
+    assert [(await conn.read()).status for _ in range(3)] == [200] * 3
+    await conn.close()
+    after = [await metric(base, name, **labels) for name, labels in counts]
+    assert [b - a for a, b in zip(before, after, strict=True)] == [3, 3, 3]
     assert await proxy.stop() == 0

@@ -125,8 +125,9 @@ class Front:
         # The response heads of this second (the Date is in them), by what they say.
         self._heads: dict[tuple[object, ...], bytes] = {}
         self._heads_date = ""
-        # Answers of this turn of the loop by route, not yet in the metrics.
-        self._uncounted: dict[str, int] = {}
+        # Answers of this turn of the loop by route (how many, body bytes), not yet
+        # in the metrics.
+        self._uncounted: dict[str, tuple[int, int]] = {}
 
     def __call__(self) -> FrontProtocol:
         return FrontProtocol(self)
@@ -211,16 +212,21 @@ class Front:
         # metrics' locks cost more than a turn's worth of increments.
         if not self._uncounted:
             asyncio.get_running_loop().call_soon(self._count)
-        self._uncounted[answer.route] = self._uncounted.get(answer.route, 0) + 1
+        counted = self._uncounted.get(answer.route, (0, 0))
+        self._uncounted[answer.route] = (counted[0] + 1, counted[1] + len(answer.body))
         if self._access_log:
             ms = (time.perf_counter() - started) * 1000
             write_access_line(f"GET {path} 200 {len(answer.body)} {ms:.1f}ms {answer.x_cache}")
 
     def _count(self) -> None:
         counts, self._uncounted = self._uncounted, {}
-        for route, count in counts.items():
+        for route, (count, sent) in counts.items():
             self._metrics.requests.inc(count, route=route, status="200")
             self._metrics.front_answers.inc(count)
+            if route == PAGE_ROUTE:
+                self._pages.count_warm(count)
+            else:
+                self._files.count_warm(count, sent)
 
 
 class Answer(NamedTuple):

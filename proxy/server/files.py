@@ -216,7 +216,7 @@ class Files:
         """A small cached file, when everything `get` would consult is in memory: the
         project's page fresh, the file listed with a sha256, its bytes held. None: ask
         `get` (and, for a small file verified on disk within the last second, its bytes
-        are read into memory in a thread, for the next ask). Counted as a hit here."""
+        are read into memory in a thread, for the next ask). Uncounted: see count_warm."""
         if not is_safe_filename(filename):
             return None
         wanted = filename.removesuffix(METADATA_SUFFIX)
@@ -233,10 +233,13 @@ class Files:
         hot = self._hot.get(source.sha256)
         if hot is None:
             self._warm_up(source.sha256)
-            return None
-        self._metrics.file_cache.inc(result="hit")
-        self._metrics.file_bytes.inc(len(hot.body), source="cache")
         return hot
+
+    def count_warm(self, served: int, sent: int) -> None:
+        """`served` files from `warm` went out, `sent` bytes in all: cache hits (counted
+        by the caller, once for many)."""
+        self._metrics.file_cache.inc(served, result="hit")
+        self._metrics.file_bytes.inc(sent, source="cache")
 
     def _warm_up(self, sha256: str) -> None:
         if sha256 in self._warming:

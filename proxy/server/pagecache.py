@@ -173,8 +173,8 @@ class PageCache:
             return None
         return PageResult(entry, CacheStatus.HIT, entry.fetched_at + self._ttl)
 
-    def count_hit(self) -> None:
-        self._metrics.page_cache.inc(result="hit")
+    def count_hit(self, served: int = 1) -> None:
+        self._metrics.page_cache.inc(served, result="hit")
 
     async def get(self, name: str) -> PageResult:
         """The page for a normalized project name; raises UpstreamError when

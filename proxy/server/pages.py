@@ -27,6 +27,7 @@ import gzip
 import hashlib
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import quote
 
 from packaging.utils import NormalizedName, canonicalize_name
@@ -59,9 +60,10 @@ class Rendered:
     gzip: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Page:
-    """A project page as it goes out, whatever it took to make it."""
+class Page(NamedTuple):
+    """A project page as it goes out, whatever it took to make it. Immutable like the
+    frozen dataclasses elsewhere, but a NamedTuple: one is made for every warm request,
+    and it is made in a fifth of the time."""
 
     body: bytes
     etag: str
@@ -229,10 +231,14 @@ class Pages:
         rendered = self._memo.get(key)
         if rendered is None:
             return None
-        self._cache.count_hit()
         if offers_gzip and rendered.gzip is None and key not in self._compressing:
             self._want_gzip(key, rendered)
         return self._value(rendered, fmt, result, None, False)
+
+    def count_warm(self, served: int) -> None:
+        """`served` pages from `warm` went out: page cache hits (counted by the caller,
+        once for many: the metrics' locks cost more than the answers)."""
+        self._cache.count_hit(served)
 
     def _want_gzip(self, key: MemoKey, rendered: Rendered) -> None:
         if key not in self._gzip_asked:
