@@ -654,6 +654,7 @@ async def cold_roots(upstream: str, work: Path, rounds: int = 1) -> None:
                 resp.raise_for_status()
             ups: list[tuple[float, float]] = []
             proxied: list[tuple[float, float]] = []
+            cpu: list[float] = []
             for r in range(rounds):
                 up_first, up_total, up_size, _ = await first_byte_and_total(upstream, accept)
                 ups.append((up_first, up_total))
@@ -661,7 +662,10 @@ async def cold_roots(upstream: str, work: Path, rounds: int = 1) -> None:
                 config = write_config(folder, upstream, page_ttl=3600)
                 proc, proxy = await start_proxy(config, folder / "proxy.log")
                 try:
+                    before = cpu_seconds(proc.pid)
                     first, total, size, status = await first_byte_and_total(proxy, accept)
+                    # Less skewed by other work on the machine than the wall clock.
+                    cpu.append(cpu_seconds(proc.pid) - before)
                 finally:
                     await stop_process(proc)
                 proxied.append((first, total))
@@ -676,7 +680,8 @@ async def cold_roots(upstream: str, work: Path, rounds: int = 1) -> None:
             say(f"{name}: upstream alone: first byte {up_first:.2f} s, total {up_total:.2f} s")
             say(
                 f"{name}: proxy: first byte {first:.2f} s, total {total:.2f} s, "
-                f"{size / MB:.1f} MB served, status {status}"
+                f"{size / MB:.1f} MB served, status {status}; "
+                f"its CPU until the client's last byte {statistics.median(cpu):.2f} s"
             )
             say(
                 f"{name}: first byte after upstream's: {first - up_first:+.2f} s "

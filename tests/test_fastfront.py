@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -193,6 +195,17 @@ async def test_pipelined_requests_are_answered_in_order_across_the_handoff(
     assert await proxy.stop() == 0
 
 
+@pytest.fixture
+async def warm_demo(
+    proxy_process: StartProxy, upstream: FixtureUpstream, tmp_path: Path
+) -> tuple[ProxyProcess, str, float]:
+    """A proxy whose page of `demo` the front answers: (proxy, base URL, front answers)."""
+    upstream.add("demo", make_sdist("demo", "1.0"))
+    proxy, base = await started(proxy_process, tmp_path, upstream)
+    await warm(base, "/simple/demo/")
+    return proxy, base, await front_answers(base)
+
+
 def _raw_cases() -> dict[str, tuple[bytes, int, bytes | None]]:
     """Requests the front must leave to aiohttp: (bytes, aiohttp's status, a body part)."""
     smuggled = get("/health")
@@ -223,12 +236,9 @@ def _raw_cases() -> dict[str, tuple[bytes, int, bytes | None]]:
 
 @pytest.mark.parametrize("case", list(_raw_cases()))
 async def test_requests_the_front_does_not_read_are_aiohttps(
-    proxy_process: StartProxy, upstream: FixtureUpstream, tmp_path: Path, case: str
+    warm_demo: tuple[ProxyProcess, str, float], case: str
 ) -> None:
-    upstream.add("demo", make_sdist("demo", "1.0"))
-    proxy, base = await started(proxy_process, tmp_path, upstream)
-    await warm(base, "/simple/demo/")
-    before = await front_answers(base)
+    proxy, base, before = warm_demo
     raw, status, part = _raw_cases()[case]
     conn = await Connection.open(base)
     await conn.send(raw)
@@ -259,12 +269,9 @@ async def test_requests_the_front_does_not_read_are_aiohttps(
     ids=["obs-fold", "space-before-colon", "bare-lf", "nul"],
 )
 async def test_malformed_heads_get_aiohttps_answer_not_the_page(
-    proxy_process: StartProxy, upstream: FixtureUpstream, tmp_path: Path, head: bytes
+    warm_demo: tuple[ProxyProcess, str, float], head: bytes
 ) -> None:
-    upstream.add("demo", make_sdist("demo", "1.0"))
-    proxy, base = await started(proxy_process, tmp_path, upstream)
-    await warm(base, "/simple/demo/")
-    before = await front_answers(base)
+    proxy, base, before = warm_demo
     conn = await Connection.open(base)
     await conn.send(head)
     answer = await conn.read()
@@ -496,4 +503,39 @@ async def test_a_file_damaged_on_disk_is_never_taken_into_memory(
         assert (await conn.read()).status == 200
         await conn.close()
     assert await front_answers(base) == before
+    assert await proxy.stop() == 0
+
+
+@pytest.mark.slow
+async def test_pip_and_uv_install_through_a_warm_front(
+    proxy_process: StartProxy, upstream: FixtureUpstream, tmp_path: Path
+) -> None:
+    upstream.add("demo", make_wheel("demo", "1.0"), make_wheel("demo", "2.0"))
+    proxy, base = await started(proxy_process, tmp_path, upstream)
+    index = f"{base}simple/"
+    answered = [await front_answers(base)]
+    for attempt, client in enumerate(("uv", "pip", "uv", "pip")):
+        env = client_env(tmp_path / f"{attempt}" / "home")  # its own, empty cache
+        venv = tmp_path / f"{attempt}" / "venv"
+        uv = str(BIN / "uv")
+        code, out = await run(uv, "venv", "--python", sys.executable, str(venv), env=env)
+        assert code == 0, out
+        python = str(venv / "bin" / "python")
+        if client == "uv":
+            install = (uv, "pip", "install", "--python", python, "--index-url", index)
+        else:
+            code, out = await run(python, "-m", "ensurepip", env=env)
+            assert code == 0, out
+            install = (python, "-m", "pip", "install", "--no-cache-dir", "--index-url", index)
+        code, out = await run(*install, "demo==1.0", env=env)
+        assert code == 0, out
+        code, out = await run(python, "-c", "import demo; print(demo.VERSION)", env=env)
+        assert (code, out.strip()) == (0, "1.0")
+        answered.append(await front_answers(base))
+    # The first install filled the caches (aiohttp's path); every later one had its page
+    # from the front. Upstream was asked once for each.
+    assert answered[1] == answered[0]
+    assert all(later > before for before, later in itertools.pairwise(answered[1:]))
+    assert upstream.requests["/simple/demo/"] == 1
+    assert upstream.requests["/files/demo/demo-1.0-py3-none-any.whl"] == 1
     assert await proxy.stop() == 0

@@ -106,13 +106,7 @@ async def test_a_cached_file_behind_a_symlinked_folder_is_not_read_through(
 def _store_one(root: Path, content: bytes) -> tuple[FileStore, str]:
     store = FileStore(root, None)
     store.open()
-    sha = hashlib.sha256(content).hexdigest()
-    partial = store.begin(sha)
-    partial.write(content)
-    partial.hash(content)
-    store.commit(partial, len(content))
-    os.close(partial.fd)
-    return store, sha
+    return store, _commit(store, content)
 
 
 def test_a_hot_hit_skips_the_thread_but_never_a_changed_file(tmp_path: Path) -> None:
@@ -162,3 +156,42 @@ def test_two_stores_on_one_folder_share_files_as_worker_processes_do(tmp_path: P
     writer2.path(sha2).write_bytes(b"not it")
     assert other.lookup(sha2) is None
     assert corrupt == [1]
+
+
+def _commit(store: FileStore, content: bytes) -> str:
+    sha = hashlib.sha256(content).hexdigest()
+    partial = store.begin(sha)
+    partial.write(content)
+    partial.hash(content)
+    store.commit(partial, len(content))
+    os.close(partial.fd)
+    return sha
+
+
+def _on_disk(root: Path) -> int:
+    return sum(p.stat().st_size for p in (root / "sha256").rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("rescan_ns", [0, None], ids=["shared", "each-its-own"])
+def test_worker_processes_keep_one_size_cap_over_all_their_files(
+    tmp_path: Path, rescan_ns: int | None
+) -> None:
+    """Two stores on one folder, as two worker processes: each commits files in turn.
+    Shared, the cap holds for what is on disk (each reads the folder again before it
+    evicts); each keeping its own index, they would hold up to twice the cap."""
+    root = tmp_path / "files"
+    cap = 250_000
+    shared = rescan_ns is not None
+    stores = [FileStore(root, cap, shared=shared, rescan_ns=rescan_ns or 0) for _ in range(2)]
+    for store in stores:
+        store.open(clean=False)
+    kept: list[str] = []
+    for i in range(12):
+        kept.append(_commit(stores[i % 2], bytes([i]) * 50_000))
+    if shared:
+        assert _on_disk(root) <= cap
+        # The newest files stayed, the oldest went: one recency over both.
+        assert all(stores[0].path(sha).exists() for sha in kept[-4:])
+        assert not any(stores[0].path(sha).exists() for sha in kept[:6])
+    else:
+        assert _on_disk(root) > cap  # what each index alone keeps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import random
 from html.parser import HTMLParser
@@ -223,6 +224,94 @@ def test_json_root_scanner_reads_pypi_orgs_real_entry_shape(chunk: int) -> None:
     assert serial == 31337042
     # With the serial in a header, meta is not looked for.
     assert _scan(body, chunk, want_serial=False) == (names, None)
+
+
+def _reference_scan(body: bytes) -> tuple[list[str], int | None] | None:
+    """What ijson alone reads of a JSON root (names, serial); None where it is refused."""
+    if not body.lstrip().startswith(b"{"):
+        return None
+    try:
+        names = [n for n in ijson.items(io.BytesIO(body), "projects.item.name")]
+        metas = list(ijson.items(io.BytesIO(body), "meta"))
+    except ijson.JSONError:
+        return None
+    serial = metas[0].get("_last-serial") if metas and isinstance(metas[0], dict) else None
+    good = type(serial) is int and serial >= 0
+    return [n for n in names if isinstance(n, str)], serial if good else None
+
+
+def _fast_scan(body: bytes, chunk: int) -> tuple[list[str], int | None] | None:
+    try:
+        return _scan(body, chunk)
+    except PageFormatError:
+        return None
+
+
+def _json_root(entries: list[str], *, meta_first: bool = True) -> str:
+    meta = '"meta":{"_last-serial":31000000,"api-version":"1.1"}'
+    projects = '"projects":[' + ",".join(entries) + "]"
+    return "{" + (f"{meta},{projects}" if meta_first else f"{projects},{meta}") + "}"
+
+
+PYPI_ENTRIES = [f'{{"_last-serial":{30000000 + i},"name":"n-{i}.x_Y"}}' for i in range(200)]
+JSON_ROOTS = {
+    "pypi.org's": _json_root(PYPI_ENTRIES),
+    "plain": _json_root([f'{{"name":"n-{i}"}}' for i in range(200)]),
+    "spaced as json.dumps writes it": json.dumps(json.loads(_json_root(PYPI_ENTRIES))),
+    "indented": json.dumps(json.loads(_json_root(PYPI_ENTRIES)), indent=2),
+    "projects first": _json_root(PYPI_ENTRIES, meta_first=False),
+    "shape changes midway": _json_root(
+        [*PYPI_ENTRIES[:80], '{"name":"odd","_last-serial":1}', *PYPI_ENTRIES[80:]]
+    ),
+    "a leading zero": _json_root([*PYPI_ENTRIES[:50], '{"_last-serial":07,"name":"z"}']),
+    "a negative serial": _json_root([*PYPI_ENTRIES[:50], '{"_last-serial":-7,"name":"z"}']),
+    "no serial": _json_root([*PYPI_ENTRIES[:50], '{"_last-serial":,"name":"z"}']),
+    "an escape": _json_root([*PYPI_ENTRIES[:50], '{"_last-serial":7,"name":"a\\u0062"}']),
+    "a quote": _json_root([*PYPI_ENTRIES[:50], '{"_last-serial":7,"name":"a\\"b"}']),
+    "unicode": _json_root([*PYPI_ENTRIES[:50], '{"_last-serial":7,"name":"\u00fcn"}']),
+    "an empty name": _json_root([*PYPI_ENTRIES[:50], '{"_last-serial":7,"name":""}']),
+    "a name not a string": _json_root([*PYPI_ENTRIES[:50], '{"_last-serial":7,"name":7}']),
+    "empty": _json_root([]),
+    "one entry": _json_root(PYPI_ENTRIES[:1]),
+    "projects named in meta": '{"meta":{"x":"\\"projects\\":["},' + _json_root(PYPI_ENTRIES)[1:],
+    "twice": _json_root(PYPI_ENTRIES)[:-1] + ',"projects":[{"name":"again"}]}',
+    "cut short": _json_root(PYPI_ENTRIES)[:-1000],
+    "trailing garbage": _json_root(PYPI_ENTRIES) + "x",
+    "a missing comma": _json_root(PYPI_ENTRIES).replace(
+        '},{"_last-serial":30000100', '}{"_last-serial":30000100'
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(JSON_ROOTS))
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000, 1 << 18])
+def test_json_root_fast_scan_reads_what_ijson_reads(case: str, chunk: int) -> None:
+    body = JSON_ROOTS[case].encode()
+    assert _fast_scan(body, chunk) == _reference_scan(body)
+
+
+def test_json_root_fast_scan_takes_the_plain_shapes() -> None:
+    # The test above holds whichever path reads a root: this one shows the fast one
+    # is taken (ijson never gets the entries after the first).
+    for case in ("pypi.org's", "plain", "spaced as json.dumps writes it", "projects first"):
+        scanner = JsonNames()
+        names = scanner.feed(JSON_ROOTS[case].encode()) + scanner.close()
+        assert len(names) == 200
+        assert scanner._shape is not None, case
+
+
+@pytest.mark.parametrize("chunk", [5, 97, 1 << 16])
+def test_json_root_scan_agrees_with_ijson_on_mutated_roots(chunk: int) -> None:
+    rng = random.Random(691)
+    tokens = ['"', "\\", ",", ":", "{", "}", "[", "]", " ", "0", "-", "\u00e9", "e", "null"]
+    base = _json_root(PYPI_ENTRIES[:60])
+    for _ in range(300):
+        text = base
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(text))
+            text = text[:at] + rng.choice(tokens) + text[at:]
+        body = text.encode()
+        assert _fast_scan(body, chunk) == _reference_scan(body), text
 
 
 def test_entries_without_a_string_name_are_skipped() -> None:

@@ -250,6 +250,7 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
         cache_dir / "files",
         config.proxy.cache_max_size,
         on_corrupt=lambda: metrics.file_failures.inc(kind="corrupt"),
+        shared=role.shared,
     )
     await asyncio.to_thread(store.open, clean=not role.shared)
     if role.shared:

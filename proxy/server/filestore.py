@@ -43,6 +43,9 @@ ATIME_GRANULARITY_NS = 60 * 10**9  # persist recency at most once a minute per f
 # A hit within this long of the file's last check on disk skips the check (and the
 # thread hop it needs): a hot file is re-checked once a second, not per request.
 RECHECK_NS = 10**9
+# Shared by worker processes, the index is read again from disk at most this often
+# (on a commit): each process then keeps the one size cap over all their files.
+RESCAN_NS = 10 * 10**9
 FILES, TMP = "sha256", "tmp"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
@@ -98,9 +101,17 @@ class FileStore:
         root: Path,
         max_size: int | None,
         on_corrupt: Callable[[], None] = lambda: None,
+        *,
+        shared: bool = False,
+        rescan_ns: int = RESCAN_NS,
     ) -> None:
         self.root = root
         self.max_size = max_size
+        # Other processes (worker processes) add and remove files too: the size cap is
+        # kept over what is on disk, read again at most every `rescan_ns`.
+        self._shared = shared
+        self._rescan_ns = rescan_ns
+        self._scanned_ns = time.monotonic_ns()
         self._on_corrupt = on_corrupt
         self._files = root / "sha256"
         self._files_str = str(self._files)
@@ -120,28 +131,62 @@ class FileStore:
         `clean=False` (another process, `verify`, while the proxy runs) leaves the
         downloads in progress and the size cap to the proxy."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with self._dir(TMP, fresh=clean), self._dir(FILES) as files:
-            found: list[tuple[int, str, int]] = []
-            for bucket in os.scandir(files):
-                if not bucket.is_dir(follow_symlinks=False):
-                    # Nothing of ours; never followed, written through or served.
-                    log.warning("removing foreign entry %s from the file cache", bucket.name)
-                    os.unlink(bucket.name, dir_fd=files)
-                    continue
-                with self._subdir(files, bucket.name) as folder:
-                    for entry in os.scandir(folder):
-                        st = entry.stat(follow_symlinks=False)
-                        if not stat.S_ISREG(st.st_mode) or not is_sha256(entry.name):
-                            log.warning("removing foreign entry %s/%s", bucket.name, entry.name)
-                            _remove_in(folder, entry.name)
-                            continue
-                        found.append((st.st_atime_ns, entry.name, st.st_size))
+        with self._dir(TMP, fresh=clean):
+            found = self._scan()
         with self._lock:
             for atime, sha, size in sorted(found):
                 self._index[sha] = _Entry(size=size, touched_ns=atime)
                 self.total += size
         if clean:
             self.evict()
+
+    def _scan(self) -> list[tuple[int, str, int]]:
+        """(atime, sha256, size) of every file on disk; anything foreign is removed."""
+        found: list[tuple[int, str, int]] = []
+        with self._dir(FILES) as files:
+            for bucket in os.scandir(files):
+                if not bucket.is_dir(follow_symlinks=False):
+                    # Nothing of ours; never followed, written through or served.
+                    log.warning("removing foreign entry %s from the file cache", bucket.name)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(bucket.name, dir_fd=files)
+                    continue
+                try:
+                    with self._subdir(files, bucket.name, create=False) as folder:
+                        for entry in os.scandir(folder):
+                            try:
+                                st = entry.stat(follow_symlinks=False)
+                            except FileNotFoundError:
+                                continue  # removed by another process meanwhile
+                            if not stat.S_ISREG(st.st_mode) or not is_sha256(entry.name):
+                                log.warning("removing foreign entry %s/%s", bucket.name, entry.name)
+                                _remove_in(folder, entry.name)
+                                continue
+                            found.append((st.st_atime_ns, entry.name, st.st_size))
+                except FileNotFoundError:
+                    continue  # a bucket removed meanwhile
+        return found
+
+    def rescan(self) -> None:
+        """Index what is on disk now, as the other processes sharing it left it: the
+        files they added (with their recency, from atime), none they removed. Files
+        pinned here stay whatever the scan says (they are being read)."""
+        found = self._scan()
+        with self._lock:
+            index = self._index
+            on_disk = {sha: (atime, size) for atime, sha, size in found}
+            for sha in [sha for sha, e in index.items() if sha not in on_disk and not e.pins]:
+                self._forget(sha)
+            for sha, (atime, size) in on_disk.items():
+                entry = index.get(sha)
+                if entry is None:
+                    index[sha] = _Entry(size=size, touched_ns=atime)
+                    self.total += size
+                else:
+                    entry.touched_ns = max(entry.touched_ns, atime)
+            # Least recent first again, by the recency every process has recorded.
+            self._index = OrderedDict(sorted(index.items(), key=lambda item: item[1].touched_ns))
+            self._scanned_ns = time.monotonic_ns()
 
     # -- folders, never through a symlink -------------------------------------------
 
@@ -422,9 +467,12 @@ class FileStore:
     # -- size cap -----------------------------------------------------------------
 
     def evict(self) -> list[str]:
-        """Delete least-recently-used unpinned files until the total fits the cap."""
+        """Delete least-recently-used unpinned files until the total fits the cap (shared
+        with other processes: the total of what is on disk, read again when old)."""
         if self.max_size is None:
             return []
+        if self._shared and time.monotonic_ns() - self._scanned_ns >= self._rescan_ns:
+            self.rescan()
         victims: list[str] = []
         with self._lock:
             for sha, entry in list(self._index.items()):

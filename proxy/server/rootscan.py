@@ -13,6 +13,7 @@ import codecs
 import html
 import re
 import string
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from itertools import repeat
 from typing import Any, Protocol
@@ -103,10 +104,11 @@ _HREF_BYTES = (string.ascii_letters + string.digits + "-._~:/?#[]@!$()*+,;=%").e
 _NAME_BYTES = (string.ascii_letters + string.digits + "-._").encode()
 
 
-def _anchor_run(run: bytes) -> list[bytes] | None:
-    """The names of `run`, which starts at an `<a href="` and ends with an `</a>`, if it
-    is all of the plain shape; None otherwise (the regex path decides then)."""
-    inner = run[len(_OPEN) : -len(_CLOSE)]
+def _anchor_run(data: bytes, start: int = 0, end: int | None = None) -> list[bytes] | None:
+    """The names of the run `data[start:end]`, which starts at an `<a href="` and ends with
+    an `</a>`, if it is all of the plain shape; None otherwise (the regex path decides)."""
+    end = len(data) if end is None else end
+    inner = data[start + len(_OPEN) : end - len(_CLOSE)]  # the one copy made of the run
     first_close = inner.find(_CLOSE)
     if first_close < 0:
         sep, anchors = b"", [inner]
@@ -133,17 +135,17 @@ def _anchor_run(run: bytes) -> list[bytes] | None:
     return names
 
 
-def _plain_names(stretch: bytes) -> list[bytes] | None:
-    """The anchor texts of a stretch ending just after an `</a>` (or the root's last
-    bytes), if it is of the plain shape: by the fast path from its first anchor on where
-    it can, else by the regex path; None if neither reads it."""
-    first = stretch.find(_OPEN)
-    if first >= 0 and stretch.endswith(_CLOSE):
-        names = _anchor_run(stretch[first:])
+def _plain_names(data: bytes, cut: int) -> list[bytes] | None:
+    """The anchor texts of the stretch `data[:cut]`, which ends just after an `</a>` (or
+    with the root's last bytes), if it is of the plain shape: by the fast path from its
+    first anchor on where it can, else by the regex path; None if neither reads it."""
+    first = data.find(_OPEN, 0, cut)
+    if first >= 0 and data.endswith(_CLOSE, 0, cut):
+        names = _anchor_run(data, first, cut)
         if names is not None:
-            head = _regex_names(stretch[:first])
+            head = _regex_names(data[:first])
             return None if head is None else head + names
-    return _regex_names(stretch)
+    return _regex_names(data[:cut])
 
 
 def _regex_names(stretch: bytes) -> list[bytes] | None:
@@ -177,7 +179,7 @@ class HtmlNames:
             cut = len(data) if final else data.rfind(_CLOSE) + len(_CLOSE)
             if cut < len(_CLOSE) and not final:
                 cut = 0
-            plain = _plain_names(data[:cut])
+            plain = _plain_names(data, cut)
             if plain is not None:
                 names = plain
                 self._pending = data[cut:]
@@ -203,15 +205,73 @@ class HtmlNames:
         return names
 
 
+# The fast path for a JSON root: its project entries all of one plain shape, pypi.org's
+# `{"_last-serial":N,"name":"X"}` or `{"name":"X"}` (compact, or spaced as json.dumps
+# writes them). ijson reads the document up to the projects array and its first
+# entry, which shows the shape; each later run of whole entries of that shape is read
+# with split and join (proven by rebuilding it, as the HTML path does) and never
+# reaches ijson, which sees the document as if those entries were not there: still
+# valid JSON exactly when the whole is, as each run starts after an entry and ends
+# with one. The first run of another shape, and all after it, goes to ijson.
+_PROJECTS = re.compile(rb'"projects"\s*+:\s*+\[')
+_FIRST_ENTRY = re.compile(
+    rb'\s*+(?:(\{"_last-serial": ?+)(?:0|[1-9][0-9]*+)(, ?+"name": ?+")'
+    rb'|(\{"name": ?+"))[A-Za-z0-9._-]++("\})'
+)
+_ENTRY_GAP = re.compile(rb",\s*+")
+_DIGITS = b"0123456789"
+_BAD_NUMBER = re.compile(rb"\n(?:0[0-9]|\n)")  # a leading zero, or no digits
+_PREFIX_LIMIT = 1 << 16  # no projects array in 64 kB: not the plain shape
+
+
+@dataclass(frozen=True, slots=True)
+class _EntryShape:
+    """An entry is `lead` [digits `middle`] name `close`, entries joined by nothing more."""
+
+    lead: bytes  # e.g. `,{"_last-serial":` (the gap before an entry included)
+    middle: bytes  # `,"name":"` after the serial; empty for `{"name":"X"}`
+    close: bytes  # `"}`
+
+    def names(self, run: bytes) -> list[bytes] | None:
+        """The names of `run`, entries of this shape back to back; None if it is not."""
+        if not (run.startswith(self.lead) and run.endswith(self.close)):
+            return None
+        inner = run[len(self.lead) : -len(self.close)]
+        between = self.close + self.lead
+        entries = inner.split(between)
+        if not self.middle:
+            names = entries  # nothing else in them: the name check below says the rest
+        else:
+            parts = self.middle.join(entries).split(self.middle)
+            if len(parts) != 2 * len(entries):
+                return None
+            serials, names = parts[0::2], parts[1::2]
+            again = [b"", self.middle, b"", between] * len(entries)
+            again[0::4] = serials
+            again[2::4] = names
+            rebuilt = b"".join(again)
+            if len(rebuilt) != len(inner) + len(between) or not rebuilt.startswith(inner):
+                return None
+            digits = b"\n".join(serials)
+            if digits.translate(None, _DIGITS + b"\n"):
+                return None
+            if _BAD_NUMBER.search(b"\n" + digits + b"\n"):
+                return None
+        if b"" in names or b"".join(names).translate(None, _NAME_BYTES):
+            return None
+        return names
+
+
 class JsonNames:
     """PEP 691 root, `{"meta": {...}, "projects": [{"name": ...}, ...]}`, keys in any order,
     entries with any other keys (pypi.org's carry `_last-serial`).
 
     ijson (its C backend, yajl2_c, where installed) parses the bytes as they come and
-    picks out the names itself, so memory stays flat however long the list and no
-    per-token work happens in Python. The serial in `meta` is wanted only when the
-    response had no X-PyPI-Last-Serial: a second parser reads the document until it
-    has seen `meta` (at once where `meta` comes first, as on pypi.org).
+    picks out the names itself, so memory stays flat however long the list. It still
+    makes Python objects of every token (a second a pypi.org root), so runs of entries
+    of the plain shape skip it (`_EntryShape`). The serial in `meta` is wanted only
+    when the response had no X-PyPI-Last-Serial: a second parser reads the document
+    until it has seen `meta` (at once where `meta` comes first, as on pypi.org).
     """
 
     def __init__(self, *, want_serial: bool = True) -> None:
@@ -221,28 +281,102 @@ class JsonNames:
         self._metas = ijson.sendable_list()
         self._meta: Any = ijson.items_coro(self._metas, "meta") if want_serial else None
         self._started = False
+        # Until the projects array is found, then its first entry read: what ijson has
+        # not been given yet; then the shape the runs after it must have.
+        self._events: Any = ijson.sendable_list()
+        self._looking: Any = ijson.parse_coro(self._events)
+        self._stage = "prefix"  # prefix | first | runs | parser (all to ijson)
+        self._pending = b""
+        self._shape: _EntryShape | None = None
 
     def feed(self, chunk: bytes) -> list[bytes]:
         if not self._started and chunk.strip():
             if not chunk.lstrip().startswith(b"{"):
                 raise PageFormatError("root JSON is not an object")
             self._started = True
-        try:
-            self._parser.send(chunk)
-            if self._meta is not None:
-                self._meta.send(chunk)
-        except ijson.JSONError as exc:
-            raise PageFormatError(f"root JSON: {exc}") from None
-        return self._take()
+        if self._stage == "parser":
+            self._send(chunk)
+            return self._take()
+        data = self._pending + chunk
+        self._pending = b""
+        names: list[bytes] = []
+        if self._stage == "prefix":
+            found = _PROJECTS.search(data)
+            if found is None:
+                if len(data) > _PREFIX_LIMIT:
+                    self._stage = "parser"
+                    self._send(data)
+                else:
+                    self._pending = data
+                return self._take()
+            self._send(data[: found.end()])
+            data = data[found.end() :]
+            # Where ijson says the projects array has just begun (not in a string).
+            at_array = bool(self._events) and self._events[-1] == (
+                "projects",
+                "start_array",
+                None,
+            )
+            self._looking = self._events = None
+            self._stage = "first" if at_array else "parser"
+        if self._stage == "first":
+            entry = _FIRST_ENTRY.match(data)
+            if entry is None:
+                if len(data) > _PREFIX_LIMIT or _could_not_be_entry(data):
+                    self._stage = "parser"
+                    self._send(data)
+                else:
+                    self._pending = data
+                return self._take()
+            self._send(data[: entry.end()])
+            names = self._take()
+            opener, middle, plain_opener, close = entry.groups()
+            data = data[entry.end() :]
+            gap = _ENTRY_GAP.match(data)
+            if gap is None:  # the array ends here, or goes on in another way
+                self._stage = "parser"
+                self._send(data)
+                return names + self._take()
+            self._shape = _EntryShape(gap.group() + (opener or plain_opener), middle or b"", close)
+            self._stage = "runs"
+        assert self._shape is not None
+        cut = data.rfind(self._shape.close) + len(self._shape.close)
+        if cut < len(self._shape.close):
+            self._pending = data
+            return names
+        run = self._shape.names(data[:cut])
+        if run is None:
+            self._stage = "parser"
+            self._send(data)
+            return names + self._take()
+        self._pending = data[cut:]
+        return names + run
 
     def close(self) -> list[bytes]:
         if not self._started:
             raise PageFormatError("root JSON is empty")
+        names = self._take()
+        self._stage = "parser"
+        if self._pending:
+            self._send(self._pending)
+            self._pending = b""
         try:
             self._parser.close()
         except ijson.JSONError as exc:
             raise PageFormatError(f"root JSON is truncated or malformed: {exc}") from None
-        return self._take()
+        return names + self._take()
+
+    def _send(self, data: bytes) -> None:
+        if not data:
+            return  # to ijson, an empty chunk is the end of the document
+        try:
+            self._parser.send(data)
+            if self._meta is not None:
+                self._meta.send(data)
+            if self._looking is not None:
+                self._looking.send(data)
+        except ijson.JSONError as exc:
+            raise PageFormatError(f"root JSON: {exc}") from None
 
     def _take(self) -> list[bytes]:
         if self._metas:
@@ -257,3 +391,9 @@ class JsonNames:
         if not all(map(isinstance, names, repeat(str))):
             names = [n for n in names if isinstance(n, str)]  # a malformed entry: skipped
         return encoded(names)
+
+
+def _could_not_be_entry(data: bytes) -> bool:
+    """Enough is there to tell that the first entry is not of the plain shape: the match
+    failed on bytes that go past one (it ends at the first `}`)."""
+    return b"}" in data
