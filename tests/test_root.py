@@ -134,6 +134,36 @@ async def test_a_cold_root_reaches_its_first_client_while_upstream_is_still_send
 
 
 @pytest.mark.parametrize("upstream_format", ["json", "html"])
+async def test_a_client_joining_a_cold_root_midway_gets_it_whole(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, upstream_format: str
+) -> None:
+    # The first client keeps up and is sent the last bytes written from memory; one that
+    # comes later starts from the files' first byte, read back from disk.
+    upstream.knobs.root_names = 30_000
+    upstream.knobs.root_format = upstream_format
+    upstream.knobs.root_hold = hold = asyncio.Event()
+    client = await make_proxy()
+    started = []
+    for accept in ("text/html", JSON_V1):
+        first = await client.get("/simple/", headers={"Accept": accept})
+        head = await asyncio.wait_for(first.content.readany(), 30)
+        later = await client.get("/simple/", headers={"Accept": accept})
+        assert later.headers["X-Cache"] == "MISS"  # following the same fetch
+        started.append((accept, first, head, later))
+    assert not hold.is_set()
+    hold.set()
+    bodies = {}
+    for accept, first, head, later in started:
+        bodies[accept] = (head + await first.read(), await later.read())
+    for accept, (first_body, later_body) in bodies.items():
+        assert first_body == later_body
+        again = await (await client.get("/simple/", headers={"Accept": accept})).read()
+        assert first_body == again
+    assert bodies[JSON_V1][0].count(b'"generated-project-') == 30_000
+    assert upstream.requests["/simple/"] == 1
+
+
+@pytest.mark.parametrize("upstream_format", ["json", "html"])
 async def test_a_cold_root_that_breaks_midway_cuts_its_clients_and_keeps_nothing(
     make_proxy: ProxyFactory, upstream: FixtureUpstream, upstream_format: str, tmp_path: Path
 ) -> None:
@@ -468,6 +498,10 @@ ODD_ROOTS = {
     ),
     "quote in an href": PLAIN_ROOT.replace('"/simple/p-9/"', '"/simple/p-9"x"/"'),
     "space in an href": PLAIN_ROOT.replace('"/simple/p-9/"', '"/simple/p 9/"'),
+    "tag ends in an href": PLAIN_ROOT.replace('"/simple/p-9/"', '"/simple/p<b>-9/"'),
+    "a quote and a tag end in an href": PLAIN_ROOT.replace(
+        '<a href="/simple/p-9/">P_9<', '<a href="/simple/p-9" >x">P_9<'
+    ),
     "spaces around a name": PLAIN_ROOT.replace(">P_11<", "> P_11 <"),
     "extra attribute": PLAIN_ROOT.replace('p-12/">', 'p-12/" data-x="1">'),
     "tag inside a name": PLAIN_ROOT.replace(">P_13<", ">P_<b>13</b><"),
@@ -497,13 +531,20 @@ def test_the_fast_path_reads_the_common_shapes_and_leaves_the_others() -> None:
         text = text[: text.rindex('<a href="/simple/a-b/"')].rstrip().removesuffix("<br/>")
         return text[text.index("<a") :].encode()
 
-    for case in ("plain", "this proxy's own", "crlf", "no newline between anchors"):
+    for case in (
+        "plain",
+        "this proxy's own",
+        "crlf",
+        "no newline between anchors",
+        "space in an href",  # within its quotes: nothing to html.parser's tokens
+        "tag ends in an href",
+    ):
         assert _anchor_run(run(case)) == [f"P_{i}".encode() for i in range(3000)], case
     assert _anchor_run(b'<a href="/simple/x/">x</a>') == [b"x"]
     for case in (
         "shifted tag ends",
         "quote in an href",
-        "space in an href",
+        "a quote and a tag end in an href",
         "spaces around a name",
         "extra attribute",
         "tag inside a name",
@@ -515,6 +556,16 @@ def test_the_fast_path_reads_the_common_shapes_and_leaves_the_others() -> None:
         "single quotes",
     ):
         assert _anchor_run(run(case)) is None, case
+
+
+@pytest.mark.parametrize("chunk", [3, 4096, 1 << 20])
+def test_a_root_not_in_utf8_is_refused_wherever_the_byte_is(chunk: int) -> None:
+    for where in ('"/simple/p-9/"', ">P_9<", "<title>"):
+        body = PLAIN_ROOT.encode().replace(
+            where.encode(), where.encode()[:-1] + b"\xff" + where.encode()[-1:]
+        )
+        with pytest.raises(PageFormatError):
+            _html_names(body, chunk)
 
 
 def _mutated_roots(count: int) -> list[str]:

@@ -29,7 +29,7 @@ import stat
 import string
 import tempfile
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeVar
@@ -71,6 +71,15 @@ class RootGeneration:
         return self.folder / JSON_NAME
 
 
+@dataclass(frozen=True, slots=True)
+class Flushed:
+    """How many bytes each file holds on disk, and the bytes last written to it: a
+    follower that has sent all before them sends these from memory, not from disk."""
+
+    sizes: Mapping[str, int]
+    recent: Mapping[str, tuple[int, bytes]]  # file: (offset, the bytes from there)
+
+
 class RootInProgress:
     """A cold root being written: how far each file is, and how the fetch ended.
 
@@ -81,7 +90,7 @@ class RootInProgress:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.written: dict[str, int] = {HTML_NAME: 0, JSON_NAME: 0}
+        self.written: Flushed = Flushed({HTML_NAME: 0, JSON_NAME: 0}, {})
         # Set once `written` are the files' final sizes: upstream's root was read whole
         # and is sound, so a follower may end its body before the generation is made
         # durable and switched in (should that step fail, what it sent is still whole).
@@ -89,7 +98,7 @@ class RootInProgress:
         self.done: asyncio.Future[RootGeneration] = asyncio.get_running_loop().create_future()
         self._moved = asyncio.Event()
 
-    def advance(self, written: dict[str, int], *, whole: bool = False) -> None:
+    def advance(self, written: Flushed, *, whole: bool = False) -> None:
         self.written = written
         self.whole = whole
         self._moved.set()
@@ -408,6 +417,7 @@ class _RootWriter:
         self._serial = serial
         self._count = 0
         self._written = {HTML_NAME: 0, JSON_NAME: 0}
+        self._recent: dict[str, tuple[int, list[bytes]]] = {}
         self._out(
             (
                 "<!DOCTYPE html>\n<html>\n<head>\n"
@@ -421,22 +431,30 @@ class _RootWriter:
     def folder(self) -> Path:
         return self._folder
 
-    def feed(self, chunk: bytes) -> dict[str, int]:
-        """Parse and write one chunk; how many bytes each file now holds on disk."""
+    def feed(self, chunk: bytes) -> Flushed:
+        """Parse and write one chunk; how far each file now is on disk."""
         self._write(self._scanner.feed(chunk))
         return self._flushed()
 
     def _out(self, html_bytes: bytes, json_bytes: bytes) -> None:
-        self._html.write(html_bytes)
-        self._json.write(json_bytes)
-        self._written[HTML_NAME] += len(html_bytes)
-        self._written[JSON_NAME] += len(json_bytes)
+        for name, fh, data in (
+            (HTML_NAME, self._html, html_bytes),
+            (JSON_NAME, self._json, json_bytes),
+        ):
+            fh.write(data)
+            self._recent.setdefault(name, (self._written[name], []))[1].append(data)
+            self._written[name] += len(data)
 
-    def _flushed(self) -> dict[str, int]:
+    def _flushed(self) -> Flushed:
         # Flushed, so that followers reading the files see every byte counted.
         self._html.flush()
         self._json.flush()
-        return dict(self._written)
+        recent = {
+            name: (start, pieces[0] if len(pieces) == 1 else b"".join(pieces))
+            for name, (start, pieces) in self._recent.items()
+        }
+        self._recent = {}
+        return Flushed(dict(self._written), recent)
 
     def _write(self, names: list[bytes]) -> None:
         # A root has ~780k names: no Python step per name where it can be helped. Most
@@ -469,7 +487,7 @@ class _RootWriter:
         )
         self._count += len(names)
 
-    def complete(self) -> dict[str, int]:
+    def complete(self) -> Flushed:
         """Write the rest of both files: the sizes returned are their final ones. Raises
         PageFormatError if upstream's root turns out not to be one."""
         self._write(self._scanner.close())

@@ -93,14 +93,13 @@ _PENDING_LIMIT = 1 << 18  # no `</a>` in 256 kB of root: not the plain shape
 # takes it only when they prove that shape: split at the separators and at `">`, the
 # pieces joined back in that order (HREF `">` NAME, separator, ...) give the run
 # again byte for byte (counts alone cannot tell an anchor short of its `">` from one
-# with two), and every HREF and NAME is of characters that mean nothing to an HTML
-# tokenizer, so html.parser finds the same anchors and texts, nothing to strip or
-# unescape.
+# with two), no HREF holds a quote and every NAME is of characters that mean nothing
+# to an HTML tokenizer, so html.parser finds the same anchors and texts, nothing to
+# strip or unescape.
 _OPEN = b'<a href="'
 _CLOSE = b"</a>"
 _TAG_END = b'">'
 _SEPARATOR = re.compile(rb'</a>(?:[ \t\r\n]|<br ?/?>)*+<a href="')
-_HREF_BYTES = (string.ascii_letters + string.digits + "-._~:/?#[]@!$()*+,;=%").encode()
 _NAME_BYTES = (string.ascii_letters + string.digits + "-._").encode()
 
 
@@ -128,9 +127,12 @@ def _anchor_run(data: bytes, start: int = 0, end: int | None = None) -> list[byt
     rebuilt = b"".join(again)
     if len(rebuilt) != len(inner) + len(sep) or not rebuilt.startswith(inner):
         return None
-    if b"".join(hrefs).translate(None, _HREF_BYTES) or b"" in names:
+    # Inside its double quotes an HREF may hold anything but a quote (a `>` or `<` there
+    # ends no tag): one per `">` and per separator, none left for them. ASCII, so that
+    # the root is all UTF-8, as the slower paths demand.
+    if not inner.isascii() or inner.count(b'"') != 2 * len(anchors) - 1:
         return None
-    if b"".join(names).translate(None, _NAME_BYTES):
+    if b"" in names or b"".join(names).translate(None, _NAME_BYTES):
         return None
     return names
 

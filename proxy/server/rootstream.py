@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Mapping
 from typing import BinaryIO
 
@@ -40,12 +41,21 @@ async def follow(
             whole = progress.whole
             if not whole and progress.done.done() and progress.done.exception() is not None:
                 return _cut(request, response)
-            # Only what was flushed (and counted) is read.
-            limit = progress.written[name]
+            # Only what was flushed (and counted) is sent: the last bytes written from
+            # memory when all before them have been sent (the usual case: this
+            # follower keeps up), the rest read back from the file.
+            written = progress.written
+            limit = written.sizes[name]
+            start, recent = written.recent.get(name, (0, b""))
             while sent < limit:
-                chunk = await asyncio.to_thread(fh.read, min(CHUNK, limit - sent))
-                if not chunk:  # shorter than written: never end it as if whole
-                    return _cut(request, response)
+                if start <= sent < start + len(recent):
+                    at = sent - start
+                    chunk: bytes | memoryview = recent if at == 0 else memoryview(recent)[at:]
+                else:
+                    size = min(CHUNK, limit - sent, (start - sent) if sent < start else CHUNK)
+                    chunk = await asyncio.to_thread(os.pread, fh.fileno(), size, sent)
+                    if not chunk:  # shorter than written: never end it as if whole
+                        return _cut(request, response)
                 await response.write(chunk)
                 sent += len(chunk)
             if whole:
