@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
+import diskcache
 import pytest
 
 from tests.conftest import ProxyFactory
@@ -125,3 +127,30 @@ async def test_a_cold_page_asked_in_html_or_from_an_html_upstream_is_the_same_as
     assert (cold.headers["X-Cache"], warm.headers["X-Cache"]) == ("MISS", "HIT")
     assert await cold.read() == await warm.read()
     assert cold.headers["ETag"] == warm.headers["ETag"]
+
+
+def _stored_pages(tmp_path: Path) -> set[str]:
+    with diskcache.Cache(str(tmp_path / "proxy" / "cache" / "pages")) as db:
+        return {str(key) for key in db.iterkeys()}
+
+
+async def test_a_cold_page_nobody_asks_again_for_is_still_kept(
+    make_proxy: ProxyFactory, demo: FixtureUpstream, tmp_path: Path
+) -> None:
+    client = await make_proxy()
+    assert (await client.get(PAGE, headers=PLAIN)).status == 200
+    # Built and stored on its own (after BUILD_GRACE), with no request waiting for it.
+    await until(lambda: "page/demo-pkg" in _stored_pages(tmp_path), "the page is stored")
+
+
+async def test_a_proxy_stopped_right_after_a_cold_answer_keeps_that_page(
+    make_proxy: ProxyFactory, demo: FixtureUpstream
+) -> None:
+    client = await make_proxy()
+    body = await (await client.get(PAGE, headers=PLAIN)).read()
+    await client.close()  # at once: the page is not parsed yet
+    demo.knobs.page_status = 503
+    client = await make_proxy()
+    resp = await client.get(PAGE, headers=PLAIN)
+    assert (resp.status, resp.headers["X-Cache"]) == (200, "HIT")
+    assert await resp.read() == body

@@ -17,14 +17,16 @@ page (its rendering) is keyed by the entry's `generation` elsewhere.
 A page nothing is held for can be asked for with first(): upstream's answer is
 handed to that caller as it arrives (Fetched), and parsed, checked and stored
 only once the caller has made its answer from it and released it, so a cold
-request does not wait for work the page cache does for later ones. The page is
-in memory (for file requests) as soon as it is parsed, and on disk before the
+request does not wait for work the page cache does for later ones; and then only
+once another request needs the page, or BUILD_GRACE after. The page is in memory
+(and those requests answered) as soon as it is parsed, and on disk before the
 fetch ends and its lock is let go (another worker then finds it there).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -105,14 +107,27 @@ class _Arrival:
     fetched_at: float
 
 
+# After the first answer is made, its bytes are still on their way out (a 2 MB page
+# takes the loop many writes); a thread building the model meanwhile holds the GIL
+# for 5 ms at a time between them, and the first client gets its last byte later
+# than it would have (measured: 10 to 30 ms on a 4,000-file page). So the model is
+# built once another request needs the page (pip's next one, for a .metadata, comes
+# after it has read and parsed the page) or after this long, whichever is first.
+BUILD_GRACE = 0.25
+
+
 class _Handoff:
     """Between first() and the fetch it started: the response, once in; the fetch
-    waits for `released` before parsing it."""
+    waits for `released` before parsing it, and then for `needed` (or BUILD_GRACE)."""
 
     def __init__(self) -> None:
         self.arrival: asyncio.Future[_Arrival] = asyncio.get_running_loop().create_future()
         self.released = asyncio.Event()
+        self.needed = asyncio.Event()  # another caller waits for the page
         self.model: Callable[[], ProjectPage] | None = None  # given back with the release
+        # The page, once parsed and in memory: callers waiting for it need not wait for
+        # the disk too (the fetch holds its lock until the page is stored).
+        self.parsed: asyncio.Future[PageResult] = asyncio.get_running_loop().create_future()
 
     def release(self, model: Callable[[], ProjectPage] | None = None) -> None:
         self.model = model
@@ -141,6 +156,9 @@ class PageCache:
         self._memory: ByteLRU[str, CachedPage] = ByteLRU(memory_budget)
         self._generations = itertools.count(1)
         self._flights: SingleFlight[PageResult] = SingleFlight()
+        self._handoffs: dict[str, _Handoff] = {}  # fetches first() started, until parsed
+        # Fetches whose first answer went out: close() lets them keep the page.
+        self._answered: set[asyncio.Future[PageResult]] = set()
         # Writes to disk under way: close() lets them end (a fetch it cancels may be
         # storing a page whose answer went out already) before it closes the disk.
         self._storing: set[asyncio.Future[None]] = set()
@@ -148,6 +166,10 @@ class PageCache:
         self._locks = locks
 
     async def close(self) -> None:
+        # A page a client has already been answered from is parsed and kept, not lost.
+        for handoff in self._handoffs.values():
+            handoff.needed.set()
+        await asyncio.gather(*self._answered, return_exceptions=True)
         await self._flights.drain()
         await asyncio.gather(*self._storing, return_exceptions=True)
         await asyncio.to_thread(self._disk.close)
@@ -183,7 +205,21 @@ class PageCache:
         served = self._from_held(name, entry)
         if served is not None:
             return served
-        return await self._flights.run(name, lambda: self._refresh(name, entry))
+        return await self._join(name, entry)
+
+    async def _join(self, name: str, entry: CachedPage | None) -> PageResult:
+        """The fetch of `name` running (its page then needed at once), or a new one."""
+        flight = self._flights.run(name, lambda: self._refresh(name, entry))
+        handoff = self._handoffs.get(name)
+        if handoff is None:
+            return await flight
+        handoff.needed.set()
+        task = asyncio.ensure_future(flight)
+        task.add_done_callback(_retrieve)
+        await asyncio.wait((handoff.parsed, task), return_when=asyncio.FIRST_COMPLETED)
+        if handoff.parsed.done():
+            return handoff.parsed.result()
+        return await task
 
     async def first(self, name: str) -> PageResult | Fetched:
         """As get(), but when no page is held (nothing, or a remembered 404) and this
@@ -194,7 +230,7 @@ class PageCache:
         if served is not None:
             return served
         if (entry is not None and entry.page is not None) or self._flights.in_flight(name):
-            return await self._flights.run(name, lambda: self._refresh(name, entry))
+            return await self._join(name, entry)
         handoff = _Handoff()
         task = asyncio.ensure_future(
             self._flights.run(name, lambda: self._refresh(name, entry, handoff))
@@ -209,6 +245,8 @@ class PageCache:
         if not handoff.arrival.done():
             return await task
         arrival = handoff.arrival.result()
+        self._answered.add(task)
+        task.add_done_callback(self._answered.discard)
         return Fetched(
             response=arrival.response,
             generation=arrival.generation,
@@ -264,6 +302,15 @@ class PageCache:
     async def _fetch(
         self, name: str, held: CachedPage | None, handoff: _Handoff | None = None
     ) -> PageResult:
+        try:
+            return await self._fetch_page(name, held, handoff)
+        finally:
+            if handoff is not None and self._handoffs.get(name) is handoff:
+                del self._handoffs[name]
+
+    async def _fetch_page(
+        self, name: str, held: CachedPage | None, handoff: _Handoff | None
+    ) -> PageResult:
         validators = held.validators if held is not None and held.page else Validators()
         try:
             resp = await self._upstream.fetch_page(name, validators)
@@ -273,9 +320,15 @@ class PageCache:
                 # Nothing held to compare a serial with: the caller may answer from
                 # these bytes; parsing them waits until it has.
                 handoff.arrival.set_result(_Arrival(resp, generation, now))
+                self._handoffs[name] = handoff
                 await handoff.released.wait()
+                if not handoff.needed.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(BUILD_GRACE):
+                            await handoff.needed.wait()
             model = handoff.model if handoff is not None else None
-            entry, status = await self._take(name, held, resp, now, generation, model)
+            parsed = handoff.parsed.set_result if handoff is not None else None
+            entry, status = await self._take(name, held, resp, now, generation, model, parsed)
         except UpstreamError as exc:
             if held is None or held.page is None:
                 raise
@@ -292,6 +345,7 @@ class PageCache:
         now: float,
         generation: int,
         model: Callable[[], ProjectPage] | None = None,
+        parsed: Callable[[PageResult], None] | None = None,
     ) -> tuple[CachedPage, CacheStatus]:
         if resp.status == 404:
             self._metrics.page_cache.inc(result="miss")
@@ -333,6 +387,8 @@ class PageCache:
         )
         # In memory first: a file request for this page need not wait for the disk.
         self._memory.put(name, entry, entry.size)
+        if parsed is not None:
+            parsed(PageResult(entry, CacheStatus.MISS, now + self._ttl))
         await self._keep(name, entry, new_page=True)
         return entry, CacheStatus.MISS
 

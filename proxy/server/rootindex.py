@@ -526,6 +526,7 @@ _NAME_LINES = (string.ascii_letters + string.digits + "-._\n").encode()
 _DASHES = bytes.maketrans(b"_.", b"--")
 # After a newline, anything but a letter or digit: a name that starts badly, or an empty one.
 _BAD_START = re.compile(rb"\n[^A-Za-z0-9]")
+_DASH_RUN_OR_END = re.compile(rb"-[-\n]")
 
 
 def _valid_normalized(joined: bytes) -> bytes | None:
@@ -536,12 +537,13 @@ def _valid_normalized(joined: bytes) -> bytes | None:
         return None
     if not (joined[:1].isalnum() and joined[-1:].isalnum()) or _BAD_START.search(joined):
         return None
-    # Runs of `-_.` become one `-`: a run of n dashes needs about log2(n) passes.
+    # Runs of `-_.` become one `-` (a run of n dashes needs about log2(n) passes), and a
+    # name that ends with one of them is refused: one search finds either.
     normalized = joined.translate(_DASHES) if b"_" in joined or b"." in joined else joined
-    while b"--" in normalized:
+    while (dash := _DASH_RUN_OR_END.search(normalized)) is not None:
+        if dash.group() == b"-\n":
+            return None
         normalized = normalized.replace(b"--", b"-")
-    if b"-\n" in normalized:  # a name that ends with one of `-_.`
-        return None
     return normalized.lower()
 
 
