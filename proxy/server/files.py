@@ -122,6 +122,7 @@ class HotFile:
 # files every resolver reads, and small wheels. Bounded by their bytes.
 HOT_FILE_MAX = 1024 * 1024
 HOT_FILES_BUDGET = 64 * 1024 * 1024
+_WARM_NAMES_MAX = 100_000  # filenames remembered for the front (cleared when full)
 
 
 async def _relay_chunks(resp: aiohttp.ClientResponse, url: str) -> AsyncIterator[bytes]:
@@ -155,6 +156,8 @@ class Files:
         self._metrics = metrics
         self._hot: ByteLRU[str, HotFile] = ByteLRU(HOT_FILES_BUDGET)
         self._warming: set[str] = set()  # sha256es being read into `_hot`
+        # (project, filename) -> (the page generation it was looked up in, its sha256).
+        self._warm_names: dict[tuple[str, str], tuple[int, str | None]] = {}
         root = upstream.root
         # The upstream's own host and port, and the operator's file hosts.
         self._hosts = (HostPort(root.host or "", root.port), *config.proxy.file_hosts)
@@ -217,23 +220,41 @@ class Files:
         project's page fresh, the file listed with a sha256, its bytes held. None: ask
         `get` (and, for a small file verified on disk within the last second, its bytes
         are read into memory in a thread, for the next ask). Uncounted: see count_warm."""
+        listing = self._pages.fresh_listing(name)
+        if listing is None:
+            return None
+        page, generation = listing
+        # What the page says of this filename, read once per generation of the page:
+        # its sha256, or None (not one for the front).
+        known = self._warm_names.get((name, filename))
+        if known is None or known[0] != generation:
+            if len(self._warm_names) >= _WARM_NAMES_MAX:
+                self._warm_names.clear()
+            known = (generation, self._hot_sha256(name, filename, page))
+            self._warm_names[(name, filename)] = known
+        sha256 = known[1]
+        if sha256 is None:
+            return None
+        hot = self._hot.get(sha256)
+        if hot is None:
+            self._warm_up(sha256)
+        return hot
+
+    def _hot_sha256(self, name: NormalizedName, filename: str, page: ProjectPage) -> str | None:
+        """The sha256 `filename` is listed with on `page`, if the front may serve it."""
         if not is_safe_filename(filename):
             return None
         wanted = filename.removesuffix(METADATA_SUFFIX)
         metadata = wanted != filename
         if self._config.is_supported(name) and not metadata and not wanted.endswith(".whl"):
             return None  # an sdist of a supported project: `get` records the demand
-        page = self._pages.fresh_listing(name)
-        f = page.file(wanted) if page is not None else None
+        f = page.file(wanted)
         if f is None or (metadata and not f.core_metadata):
             return None
         source, _ = self._source(f, metadata)
         if source is None or (source.size is not None and source.size > HOT_FILE_MAX):
             return None
-        hot = self._hot.get(source.sha256)
-        if hot is None:
-            self._warm_up(source.sha256)
-        return hot
+        return source.sha256
 
     def count_warm(self, served: int, sent: int) -> None:
         """`served` files from `warm` went out, `sent` bytes in all: cache hits (counted

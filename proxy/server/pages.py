@@ -130,11 +130,13 @@ class Pages:
         checked against. Raises UpstreamError when upstream fails and nothing is held."""
         return (await self._cache.get(name)).entry.page
 
-    def fresh_listing(self, name: NormalizedName) -> ProjectPage | None:
-        """Upstream's page, when it is in memory and fresh (the fast front's file
-        answers); None: ask `listing`."""
+    def fresh_listing(self, name: NormalizedName) -> tuple[ProjectPage, int] | None:
+        """Upstream's page and its generation (a new page, a new number), when it is in
+        memory and fresh (the fast front's file answers); None: ask `listing`."""
         result = self._cache.fresh(name)
-        return result.entry.page if result is not None else None
+        if result is None or result.entry.page is None:
+            return None
+        return result.entry.page, result.entry.generation
 
     async def get(self, name: NormalizedName, fmt: Format, *, offers_gzip: bool = False) -> Page:
         """The page of a normalized project name in `fmt`; with `offers_gzip` (the client
