@@ -277,9 +277,12 @@ class Files:
 
     async def _read_hot(self, sha256: str, held: CachedFile) -> None:
         try:
-            body = await asyncio.to_thread(_read_verified, held, sha256)
+            body, damaged = await asyncio.to_thread(_read_verified, self._store, held, sha256)
         finally:
             self._store.release(sha256)
+        if damaged:
+            log.warning("file cache: %s does not match its sha256; fetching it again", sha256)
+            self._metrics.file_failures.inc(kind="corrupt")
         if body is not None:
             self._hot.put(sha256, HotFile(body, held.mtime_ns), len(body) + 256)
 
@@ -342,18 +345,20 @@ class Files:
             log.warning("could not record a build request for %s %s: %s", project, version, exc)
 
 
-def _read_verified(held: CachedFile, sha256: str) -> bytes | None:
-    """The file's bytes if they are still the size and sha256 it was stored under
-    (in a worker thread); None otherwise (the scrubber deals with a damaged file)."""
+def _read_verified(store: FileStore, held: CachedFile, sha256: str) -> tuple[bytes | None, bool]:
+    """(the file's bytes if they are still the size and sha256 it was stored under, or
+    None; whether it was found damaged), in a worker thread. A file whose bytes are not
+    its sha256 goes to the store's own check, which removes it: it is fetched again, not
+    read here again on every request."""
     try:
         fd = os.open(held.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
-        return None
+        return None, False
     try:
         with open(fd, "rb") as file:
             body = file.read(held.size + 1)
     except OSError:
-        return None
+        return None, False
     if len(body) != held.size or hashlib.sha256(body).hexdigest() != sha256:
-        return None
-    return body
+        return None, store.verify(sha256) is False
+    return body, False
