@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.simple import pagejson
 from proxy.simple.model import DistFile, ProjectPage
 
 VERSION = 1
@@ -77,10 +78,7 @@ def encode_page(page: ProjectPage) -> bytes:
         "extra": dict(page.extra),
         "files": [_encode_file(f) for f in page.files],
     }
-    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
-    # A lone surrogate from upstream's JSON ("\ud800") cannot be UTF-8: written back
-    # as the escape it came in as, it reads back as the same string.
-    return text.encode("utf-8", "backslashreplace")
+    return pagejson.dumps(doc)
 
 
 def decode_page(raw: object) -> ProjectPage:
@@ -137,7 +135,7 @@ def _document(raw: object) -> dict[str, Any]:
     if not isinstance(raw, bytes | str):
         raise UnknownFormat(f"a {type(raw).__name__}, not a stored value")
     try:
-        doc = json.loads(raw)
+        doc = pagejson.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise UnknownFormat(f"not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("version") != VERSION:

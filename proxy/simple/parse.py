@@ -15,7 +15,6 @@ full path.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -23,6 +22,7 @@ from html import unescape
 from html.parser import HTMLParser
 from urllib.parse import urldefrag, urljoin
 
+from proxy.simple import pagejson
 from proxy.simple.model import API_VERSION, DistFile, ProjectPage, is_safe_filename, merge_versions
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def parse_project(body: bytes, content_type: str, page_url: str, name: str) -> P
 def parse_project_json(body: bytes, page_url: str, *, fast: bool = True) -> ProjectPage:
     """`fast=False` skips the fast paths: the reference they are tested against."""
     try:
-        doc = json.loads(body, parse_constant=_reject_constant)
+        doc = pagejson.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         # RecursionError: a hostile body nested thousands deep.
         raise PageFormatError(f"invalid JSON: {exc}") from None
@@ -115,11 +115,6 @@ def _first_of_each(files: Iterable[DistFile | None]) -> tuple[DistFile, ...]:
             continue
         kept[f.filename] = f
     return tuple(kept.values())
-
-
-def _reject_constant(name: str) -> None:
-    # NaN and Infinity are not JSON; strict clients (uv) could not read them back.
-    raise ValueError(f"{name} is not JSON")
 
 
 def _json_file(entry: object, page_url: str, resolve: _Resolver) -> DistFile | None:

@@ -6,11 +6,11 @@ cache stores, the proxy's own file route for what clients get.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from html import escape
 from typing import Any
 
+from proxy.simple import pagejson
 from proxy.simple.model import API_VERSION, DistFile, ProjectPage
 
 UrlFor = Callable[[DistFile], str]
@@ -70,11 +70,7 @@ def _json_file(f: DistFile, url: str) -> dict[str, Any]:
 
 
 def render_project_json(page: ProjectPage, url_for: UrlFor) -> bytes:
-    doc = project_json_dict(page, url_for)
-    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
-    # A lone surrogate (upstream's "\ud800") cannot be UTF-8; backslashreplace
-    # writes it back as the very JSON escape it came in as.
-    return text.encode("utf-8", "backslashreplace")
+    return pagejson.dumps(project_json_dict(page, url_for))
 
 
 def _preferred_hash(hashes: Mapping[str, str]) -> tuple[str, str] | None:

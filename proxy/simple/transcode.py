@@ -21,13 +21,13 @@ Pure: bytes in, bytes (and a model) out; no I/O.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from packaging.utils import canonicalize_name
 
+from proxy.simple import pagejson
 from proxy.simple.model import (
     API_VERSION,
     DistFile,
@@ -41,7 +41,6 @@ from proxy.simple.parse import (
     _PAGE_KEYS,
     PageFormatError,
     _hashes,
-    _reject_constant,
     _resolve,
     _resolved,
     _serial,
@@ -73,7 +72,7 @@ def json_for_clients(
     it (named `name`, the header's `serial` where the page gives none) and the proxy
     would render it with `file_url`. Raises PageFormatError where the parser does."""
     try:
-        doc = json.loads(body, parse_constant=_reject_constant)
+        doc = pagejson.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise PageFormatError(f"invalid JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
@@ -114,7 +113,6 @@ def json_for_clients(
     out_doc["name"] = page_name
     out_doc["files"] = files
     out_doc["versions"] = list(versions)
-    text = json.dumps(out_doc, ensure_ascii=False, separators=(",", ":"))
 
     def model() -> ProjectPage:
         return ProjectPage(
@@ -127,9 +125,8 @@ def json_for_clients(
             extra=extra,
         )
 
-    # As render_project_json: a lone surrogate goes back out as the escape it came in as.
     return ClientPage(
-        text.encode("utf-8", "backslashreplace"),
+        pagejson.dumps(out_doc),
         serial if serial is not None else last_serial,
         model,
     )
