@@ -24,6 +24,7 @@ from tests.conftest import BIN, ProxyProcess, client_env, run, write_config
 from tests.dists import make_sdist, make_wheel
 from tests.samples import parse_samples
 from tests.upstream import FixtureUpstream
+from tests.waits import until
 
 StartProxy = Callable[..., ProxyProcess]
 HTML = "text/html"
@@ -506,7 +507,12 @@ async def test_a_file_damaged_on_disk_is_never_taken_into_memory(
     await conn.send(get(path))
     assert (await conn.read()).body == wheel.content
     await conn.close()
-    [cached] = [p for p in (tmp_path / "cache" / "files").rglob(wheel.sha256) if p.is_file()]
+
+    def kept() -> list[Path]:  # a tiny file is sent before it is on disk
+        return [p for p in (tmp_path / "cache" / "files").rglob(wheel.sha256) if p.is_file()]
+
+    await until(lambda: bool(kept()), "the file is kept")
+    [cached] = kept()
     st = cached.stat()
     rotten = bytearray(cached.read_bytes())
     rotten[100] ^= 1

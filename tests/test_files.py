@@ -187,6 +187,8 @@ async def test_gzip_content_encoding_is_ignored_and_bytes_kept_exactly(
         assert resp.status == 200
         assert "Content-Encoding" not in resp.headers
         assert await resp.read() == sdist.content
+    # A tiny file is sent before it is on disk: kept a moment later.
+    await until(lambda: bool(stored(tmp_path)), "the file is kept")
     assert [p.name for p in stored(tmp_path)] == [sdist.sha256]
 
 

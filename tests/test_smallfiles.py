@@ -1,4 +1,5 @@
-"""Small cold files (a .metadata, a little wheel) are received whole, checked, kept, then sent.
+"""Small cold files (a .metadata, a little wheel) are received whole, checked, kept, then sent
+(a tiny one, up to VERIFY_ON_LOOP, sent once checked, while it is kept).
 
 The real proxy app against the fixture upstream; what a client gets and what is on
 disk after, as for any cold file: the bytes upstream published, kept only when they
@@ -8,6 +9,8 @@ match the page, fetched once however many ask, never a clean answer with bad byt
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import os
 from pathlib import Path
 
@@ -16,11 +19,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 
-from proxy.server.downloads import SMALL
+from proxy.server.downloads import SMALL, VERIFY_ON_LOOP
 from tests.conftest import ProxyFactory
+from tests.disks import tiny_disk
 from tests.dists import Dist, make_wheel
 from tests.test_pages import PIP_ACCEPT
 from tests.upstream import FixtureUpstream
+from tests.waits import until
 
 Client = TestClient[Request, Application]
 
@@ -30,6 +35,14 @@ def little(upstream: FixtureUpstream) -> Dist:
     wheel = make_wheel("little", "1.0", payload=os.urandom(SMALL // 4))
     assert len(wheel.content) <= SMALL and wheel.metadata is not None
     upstream.add("little", wheel)
+    return wheel
+
+
+@pytest.fixture
+def tiny(upstream: FixtureUpstream) -> Dist:
+    wheel = make_wheel("tiny", "1.0")
+    assert len(wheel.content) <= VERIFY_ON_LOOP
+    upstream.add("tiny", wheel)
     return wheel
 
 
@@ -61,26 +74,59 @@ async def test_a_small_cold_file_and_its_metadata_are_sent_kept_and_served_from_
     ):
         path = f"/files/little/{name}"
         assert await get(client, path) == (200, content, "MISS")
+        # A tiny one (the .metadata) may still be on its way to disk: until it is, it is
+        # served from its download's memory, fetched once all the same.
+        assert content is not None
+        sha256 = hashlib.sha256(content).hexdigest()
+        await until(lambda: sha256 in stored(tmp_path), f"{name} is kept")  # noqa: B023
         assert await get(client, path) == (200, content, "HIT")
         assert upstream.requests[path] == 1
     assert stored(tmp_path) >= {little.sha256}
     assert partials(tmp_path) == []
 
 
+@pytest.mark.parametrize("which", ["little", "tiny"])  # checked in a thread, on the loop
 @pytest.mark.parametrize("mode", ["wrong_hash", "truncate", "short_length"])
 async def test_a_small_file_that_is_not_what_the_page_says_is_a_502_and_never_kept(
-    make_proxy: ProxyFactory, upstream: FixtureUpstream, little: Dist, tmp_path: Path, mode: str
+    make_proxy: ProxyFactory,
+    upstream: FixtureUpstream,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    mode: str,
+    which: str,
 ) -> None:
+    dist: Dist = request.getfixturevalue(which)
+    assert (len(dist.content) <= VERIFY_ON_LOOP) == (which == "tiny")
     client = await make_proxy()
-    path = f"/files/little/{little.filename}"
+    path = f"/files/{which}/{dist.filename}"
     upstream.knobs.file_mode = mode
     status, body, _ = await get(client, path)
-    assert status == 502 and body is not None and little.content not in body
+    assert status == 502 and body is not None and dist.content not in body
     assert stored(tmp_path) == set()
     assert partials(tmp_path) == []
     upstream.knobs.file_mode = "ok"  # the next request tries again
-    assert await get(client, path) == (200, little.content, "MISS")
+    assert await get(client, path) == (200, dist.content, "MISS")
     assert upstream.requests[path] == 2
+
+
+async def test_a_tiny_cold_file_reaches_its_client_even_when_the_disk_cannot_keep_it(
+    make_proxy: ProxyFactory, upstream: FixtureUpstream, tiny: Dist, tmp_path: Path
+) -> None:
+    # Sent once checked, before it is written: a disk that fails the write fails only
+    # the keeping (the next request fetches it again), never the client's answer.
+    files = tmp_path / "proxy" / "cache" / "files"
+    with tiny_disk(files, "1m"):
+        client = await make_proxy()
+        with contextlib.suppress(OSError), (files / "filler").open("wb") as filler:
+            while True:
+                filler.write(b"\0" * 64 * 1024)
+                filler.flush()
+        path = f"/files/tiny/{tiny.filename}"
+        for fetched in (1, 2):
+            assert await get(client, path) == (200, tiny.content, "MISS")
+            assert upstream.requests[path] == fetched
+            assert stored(tmp_path) == set()
+        await client.close()
 
 
 async def test_many_clients_of_a_small_cold_file_fetch_it_once(
