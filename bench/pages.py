@@ -694,8 +694,11 @@ async def cold_roots(upstream: str, work: Path, rounds: int = 1) -> None:
 
 
 async def cold_pip(upstream: str, work: Path, rounds: int) -> None:
+    """A cold `pip download` of the mix's pinned wheels: direct from upstream, through a
+    cold proxy with the default relative file links, and through one with [proxy]
+    public_url (absolute links, which pip reads without a urljoin per file)."""
     from bench.files import Wheel, pip_download
-    from tests.conftest import client_env, write_config
+    from tests.conftest import client_env, free_port, write_config
     from tests.dists import make_wheel
 
     wheels = []
@@ -703,21 +706,37 @@ async def cold_pip(upstream: str, work: Path, rounds: int) -> None:
         dist = make_wheel(project, PINNED)
         wheels.append(Wheel(project, dist.filename, dist.sha256, len(dist.content)))
     env = client_env(work / "home")
-    times: dict[str, list[float]] = {"direct": [], "cold proxy": []}
+    proxied = ("cold proxy", "cold proxy, public_url")
+    times: dict[str, list[float]] = {"direct": [], **{label: [] for label in proxied}}
     for r in range(rounds):
         times["direct"].append(await pip_download(upstream, wheels, work, env))
-        folder = work / f"cold-pip-{r}"
-        config = write_config(folder, upstream, page_ttl=3600)
-        proc, proxy = await start_proxy(config, folder / "proxy.log")
-        try:
-            times["cold proxy"].append(await pip_download(proxy, wheels, work, env))
-        finally:
-            await stop_process(proc)
+        for label in proxied[r % 2 :] + proxied[: r % 2]:
+            folder = work / f"cold-pip-{r}-{len(label)}"
+            if label.endswith("public_url"):
+                port = free_port()
+                config = write_config(
+                    folder,
+                    upstream,
+                    page_ttl=3600,
+                    port=port,
+                    public_url=f"http://127.0.0.1:{port}/",
+                )
+            else:
+                config = write_config(folder, upstream, page_ttl=3600)
+            proc, proxy = await start_proxy(config, folder / "proxy.log")
+            try:
+                times[label].append(await pip_download(proxy, wheels, work, env))
+            finally:
+                await stop_process(proc)
     for label, seconds in times.items():
         each = ", ".join(f"{s:.2f}" for s in seconds)
         say(f"table: cold pip download of {len(wheels)} pinned wheels, {label}: {each} s")
-    ratio = statistics.median(times["cold proxy"]) / statistics.median(times["direct"])
-    say(f"table: cold pip download: proxy / direct (medians): {ratio:.2f}x (aim: 1.2x or less)")
+    for label in proxied:
+        ratio = statistics.median(times[label]) / statistics.median(times["direct"])
+        say(
+            f"table: cold pip download: {label.removeprefix('cold ')} / direct (medians): "
+            f"{ratio:.2f}x (aim: 1.2x or less)"
+        )
 
 
 async def bench_table(proxy: str, upstream: str, work: Path, quick: bool) -> None:

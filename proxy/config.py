@@ -48,6 +48,7 @@ _KNOWN_OPTIONS = {
             "lease_timeout",
             "access_log",
             "workers",
+            "public_url",
         }
     ),
     "wheelhouse": frozenset({"path"}),
@@ -127,6 +128,9 @@ class ProxyConfig:
     access_log: bool = True  # one line per request on stderr
     # Processes serving the one port (proxy/workers.py); 1: the single process of old.
     workers: int = 1
+    # The URL clients reach this proxy at (ending in "/"), for absolute file links in
+    # pages; None: links relative to the page, right behind any host or prefix.
+    public_url: URL | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -270,6 +274,7 @@ def _build(path: Path, parser: configparser.ConfigParser) -> Config:
         lease_timeout=reader.seconds("proxy", "lease_timeout", 600, minimum=1),
         access_log=reader.switch("proxy", "access_log", True),
         workers=_workers(reader),
+        public_url=_public_url(reader),
     )
     wheelhouse = WheelhouseConfig(path=base / reader.get("wheelhouse", "path", "var/wheelhouse"))
     return Config(
@@ -279,6 +284,16 @@ def _build(path: Path, parser: configparser.ConfigParser) -> Config:
         projects=MappingProxyType(projects),
         builder=builder,
     )
+
+
+def _public_url(reader: _Reader) -> URL | None:
+    if not reader.raw("proxy", "public_url", ""):
+        return None
+    url = reader.upstream("proxy", "public_url", "")
+    if url.user is not None or url.password is not None:
+        # It is written into every page: a password there would be given to every client.
+        raise reader.fail("proxy", "public_url", "must not carry a user or password")
+    return url
 
 
 def _workers(reader: _Reader) -> int:

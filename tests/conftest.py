@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -20,6 +21,13 @@ AiohttpServer = Callable[[Application], Awaitable[TestServer]]
 AiohttpClient = Callable[[Application], Awaitable[TestClient[Request, Application]]]
 ProxyFactory = Callable[..., Awaitable[TestClient[Request, Application]]]
 BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a config that must name its port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def write_config(

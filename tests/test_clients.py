@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 
-from tests.conftest import BIN, ProxyFactory, client_env, run
+from tests.conftest import BIN, ProxyFactory, ProxyProcess, client_env, free_port, run, write_config
 from tests.dists import make_sdist, make_wheel
 from tests.upstream import FixtureUpstream
 
@@ -77,3 +80,42 @@ async def test_uv_pip_install_through_the_proxy(
         assert (code, out.strip()) == (0, "1.0")
         assert demo.requests["/files/demo-pkg/demo_pkg-1.0-py3-none-any.whl"] == 1
         assert demo.requests["/simple/demo-pkg/"] == 1
+
+
+@pytest.mark.slow
+async def test_pip_downloads_through_absolute_links_under_public_url(
+    proxy_process: Callable[..., ProxyProcess], demo: FixtureUpstream, tmp_path: Path
+) -> None:
+    port = free_port()
+    public = f"http://127.0.0.1:{port}/"
+    config = write_config(tmp_path, demo.url, port=port, public_url=public)
+    proxy = proxy_process(config, tmp_path / "proxy.log")
+    index = await proxy.start()
+    wheel = next(
+        d for d in demo.projects["demo-pkg"].dists if d.filename.startswith("demo_pkg-2.0")
+    )
+    link = f"{public}files/demo-pkg/{wheel.filename}"
+    async with aiohttp.ClientSession() as session:
+        # The cold first answer (made from upstream's bytes), the rendering made after it,
+        # and the HTML page: every link absolute, under public_url.
+        for accept in ("application/vnd.pypi.simple.v1+json",) * 2:
+            async with session.get(f"{index}demo-pkg/", headers={"Accept": accept}) as resp:
+                urls = [f["url"] for f in json.loads(await resp.read())["files"]]
+            assert link in urls and all(u.startswith(f"{public}files/demo-pkg/") for u in urls)
+        async with session.get(f"{index}demo-pkg/", headers={"Accept": "text/html"}) as resp:
+            html = await resp.text()
+        assert f'href="{link}#sha256={wheel.sha256}"' in html
+    dest = tmp_path / "dl"
+    code, out = await run(
+        sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir",
+        "--only-binary=:all:", "--index-url", index, "-d", str(dest), "demo.pkg",
+        env=client_env(tmp_path / "home"),
+    )  # fmt: skip
+    assert code == 0, out
+    assert [p.name for p in dest.iterdir()] == [wheel.filename]
+    assert (dest / wheel.filename).read_bytes() == wheel.content
+    # pip followed the absolute link to the proxy, which fetched the file once.
+    assert demo.requests[f"/files/demo-pkg/{wheel.filename}"] == 1
+    assert await proxy.stop() == 0
+    log = (tmp_path / "proxy.log").read_text()
+    assert f"GET /files/demo-pkg/{wheel.filename} 200" in log

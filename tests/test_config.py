@@ -373,6 +373,27 @@ def test_bad_workers_is_a_config_error(tmp_path: Path, written: str) -> None:
     assert_one_line_error(write(tmp_path, f"[proxy]\nworkers = {written}\n"), "workers")
 
 
+def test_public_url_is_unset_by_default_and_ends_in_a_slash_when_set(tmp_path: Path) -> None:
+    assert load_text(tmp_path, "[proxy]\n").proxy.public_url is None
+    assert load_text(tmp_path, "[proxy]\npublic_url =\n").proxy.public_url is None
+    config = load_text(tmp_path, "[proxy]\npublic_url = https://pypi.example.lan/pypi\n")
+    assert str(config.proxy.public_url) == "https://pypi.example.lan/pypi/"
+
+
+@pytest.mark.parametrize(
+    ("written", "why"),
+    [
+        ("ftp://pypi.example.lan/", "not an http"),
+        ("pypi.example.lan:8080", "not an http"),
+        ("https://pypi.example.lan/?x=1", "query or fragment"),
+        ("https://pypi.example.lan/#top", "query or fragment"),
+        ("https://ci:secret@pypi.example.lan/", "user or password"),
+    ],
+)
+def test_bad_public_url_is_a_config_error(tmp_path: Path, written: str, why: str) -> None:
+    assert_one_line_error(write(tmp_path, f"[proxy]\npublic_url = {written}\n"), why)
+
+
 @pytest.mark.parametrize("written", ["lots", "0", "-5G", "G", "1e400"])
 def test_bad_cache_max_size_is_a_config_error(tmp_path: Path, written: str) -> None:
     assert_one_line_error(

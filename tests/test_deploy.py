@@ -17,7 +17,6 @@ import json
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -32,7 +31,7 @@ import pytest
 
 from proxy.config import load_config
 from tests.buildenv import BuildEnv, load_buildenv
-from tests.conftest import client_env, run
+from tests.conftest import client_env, free_port, run
 from tests.dists import make_sdist, make_wheel
 from tests.test_install import checkout_copy
 from tests.test_pages import JSON_V1
@@ -59,12 +58,6 @@ def readme_command(prefix: str) -> str:
     match = re.search(rf"`({re.escape(prefix)}[^`]*)`", README)
     assert match is not None, f"no `{prefix}...` in the README"
     return match[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

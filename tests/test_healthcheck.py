@@ -3,13 +3,12 @@ proxy process: 0 when it answers /health, 1 with one line when it does not, 2 on
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from proxy.healthcheck import health_url
-from tests.conftest import ProxyProcess, client_env, run, write_config
+from tests.conftest import ProxyProcess, client_env, free_port, run, write_config
 from tests.upstream import FixtureUpstream
 
 
@@ -18,12 +17,6 @@ async def healthcheck(config: Path, tmp_path: Path) -> tuple[int, str]:
         sys.executable, "-m", "proxy.healthcheck", "--config", str(config),
         env=client_env(tmp_path / "home"),
     )  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_healthy_while_the_proxy_serves_and_not_after(

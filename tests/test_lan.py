@@ -11,16 +11,10 @@ import aiohttp
 import pytest
 
 from proxy.config import load_config
-from tests.conftest import ProxyProcess, write_config
+from tests.conftest import ProxyProcess, free_port, write_config
 from tests.upstream import FixtureUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def another_address() -> str:

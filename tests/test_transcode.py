@@ -25,6 +25,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PAGE_URL = "https://pypi.org/simple/demo/"
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
 SHA = "ab" * 32
+FILES_BASE = "../../files/"  # as Pages gives it without [proxy] public_url
 JSON_BODIES = sorted(
     [*FIXTURES.glob("pypi/*.json"), *FIXTURES.glob("pages/*.json"), *FIXTURES.glob("golden/*.json")]
 )
@@ -38,10 +39,10 @@ def both(body: bytes, name: str = "demo", serial: int | None = 7) -> tuple[bytes
         page, _ = _parse(resp, name)
     except PageFormatError:
         with pytest.raises(PageFormatError):
-            _first_json(resp, name)  # type: ignore[arg-type]
+            _first_json(resp, name, FILES_BASE)  # type: ignore[arg-type]
         raise
-    reference = _render(page, name, True).body  # type: ignore[arg-type]
-    first = _first_json(resp, name)  # type: ignore[arg-type]
+    reference = _render(page, name, True, FILES_BASE).body  # type: ignore[arg-type]
+    first = _first_json(resp, name, FILES_BASE)  # type: ignore[arg-type]
     assert first.model() == page
     return reference, first.body
 

@@ -102,6 +102,11 @@ class Pages:
         memo_budget: int = 64 * 1024 * 1024,
     ) -> None:
         self._config = config
+        # Where file links in pages point: relative to /simple/{project}/ (right behind
+        # any host or prefix), or absolute under [proxy] public_url, which pip reads
+        # without a urljoin per link (half its cost of a file entry).
+        public = config.proxy.public_url
+        self._files_base = f"{public}files/" if public is not None else "../../files/"
         self._cache = cache
         self._wheelhouse = wheelhouse
         self._upstream = upstream
@@ -172,7 +177,7 @@ class Pages:
             # The merge happens on the way out, so a page cached before a publish
             # shows the new wheel at once.
             page = merge(upstream, name, local.values())
-            rendered = await asyncio.to_thread(_render, page, name, fmt.is_json)
+            rendered = await asyncio.to_thread(_render, page, name, fmt.is_json, self._files_base)
             self._memo.put(key, rendered, len(rendered.body) + _ENTRY_OVERHEAD)
         if offers_gzip and rendered.gzip is None and key not in self._compressing:
             self._want_gzip(key, rendered)
@@ -190,7 +195,7 @@ class Pages:
             if not fmt.is_json or media not in JSON_TYPES:
                 return None
             try:
-                made = await asyncio.to_thread(_first_json, resp, name)
+                made = await asyncio.to_thread(_first_json, resp, name, self._files_base)
             except PageFormatError:
                 return None  # the page cache's own parse says why, and keeps nothing
         finally:
@@ -318,9 +323,8 @@ def _memo_key(
     )
 
 
-def _file_url(project: str, filename: str) -> str:
-    # Relative to /simple/{project}/, so the proxy works behind any host or prefix.
-    return f"../../files/{project}/{quote(filename)}"
+def _file_url(base: str, project: str, filename: str) -> str:
+    return f"{base}{project}/{quote(filename)}"
 
 
 def _etag(body: bytes) -> str:
@@ -336,23 +340,24 @@ def _gzip(body: bytes) -> bytes:
     return compressed if len(compressed) < len(body) else b""
 
 
-def _render(page: ProjectPage, name: NormalizedName, as_json: bool) -> Rendered:
-    """Render a page for clients (called in a worker thread)."""
+def _render(page: ProjectPage, name: NormalizedName, as_json: bool, files_base: str) -> Rendered:
+    """Render a page for clients (called in a worker thread), its file links under
+    `files_base`."""
     project = canonicalize_name(name)
 
     def url_for(f: DistFile) -> str:
-        return _file_url(project, f.filename)
+        return _file_url(files_base, project, f.filename)
 
     body = render_project_json(page, url_for) if as_json else render_project_html(page, url_for)
     return Rendered(body, _etag(body))
 
 
-def _first_json(resp: PageResponse, name: NormalizedName) -> ClientPage:
+def _first_json(resp: PageResponse, name: NormalizedName, files_base: str) -> ClientPage:
     """The client's JSON page straight from upstream's JSON (called in a worker thread):
     the bytes _render gives for the page the page cache parses from `resp`."""
     project = canonicalize_name(name)
 
     def file_url(filename: str) -> str:
-        return _file_url(project, filename)
+        return _file_url(files_base, project, filename)
 
     return json_for_clients(resp.body, resp.url, name, resp.serial, file_url)
