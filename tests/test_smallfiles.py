@@ -23,6 +23,7 @@ from proxy.server.downloads import SMALL, VERIFY_ON_LOOP
 from tests.conftest import ProxyFactory
 from tests.disks import tiny_disk
 from tests.dists import Dist, make_wheel
+from tests.samples import metric
 from tests.test_pages import PIP_ACCEPT
 from tests.upstream import FixtureUpstream
 from tests.waits import until
@@ -125,7 +126,14 @@ async def test_a_tiny_cold_file_reaches_its_client_even_when_the_disk_cannot_kee
         for fetched in (1, 2):
             assert await get(client, path) == (200, tiny.content, "MISS")
             assert upstream.requests[path] == fetched
+            # The keeping fails after the answer: counted, and nothing kept.
+            failures = "pythonbuild_file_verification_failures_total"
+            deadline = asyncio.get_running_loop().time() + 10
+            while await metric(client, failures, kind="fetch") < fetched:
+                assert asyncio.get_running_loop().time() < deadline, "the failure is counted"
+                await asyncio.sleep(0.01)
             assert stored(tmp_path) == set()
+            assert partials(tmp_path) == []
         await client.close()
 
 

@@ -193,6 +193,10 @@ class Files:
         source, url = self._source(f, metadata)
         if source is not None:
             hit = await self._from_disk(source.sha256, CacheStatus.HIT)
+            if hit is None and source.sha256 in self._store:
+                # Its download committed it while we looked (a tiny file's clients are
+                # answered before it is on disk): there now, and no longer downloading.
+                hit = await self._from_disk(source.sha256, CacheStatus.HIT)
             if hit is not None:
                 self._metrics.file_cache.inc(result="hit")
                 return hit
