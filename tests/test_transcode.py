@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+from packaging.version import InvalidVersion
 
 from proxy.server.pagecache import _parse
 from proxy.server.pages import _first_json, _render
@@ -214,6 +216,30 @@ REFUSED: dict[str, bytes] = {
 def test_what_the_parser_refuses_the_first_answer_refuses(case: str) -> None:
     with pytest.raises(PageFormatError):
         both(REFUSED[case])
+
+
+def test_a_wheel_filename_s_version_is_exactly_what_packaging_reads() -> None:
+    # version_of checks a wheel's name, build tag and tags once per shape: the same
+    # answer (a version, or none) as parse_wheel_filename on the whole filename.
+    names = ["demo", "demo_x", "Demo", "de__mo", "", "é", "a.b"]
+    versions = ["1.0", "01.0", "1.0-1", "v1.0", "1.0.post1", "bogus", "", "1!2.0", "1.0+l"]
+    tails = [
+        "-py3-none-any", "-1-py3-none-any", "-x-py3-none-any", "-py3-none", "-py3--any",
+        "-1-2-py3-none-any", "-cp311-cp311-win_amd64", "-py2.py3-none-any", "-3x-none-any",
+        "-py3-none-any.", "-1b-cp312-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64", "",
+    ]  # fmt: skip
+    checked = 0
+    for n in names:
+        for v in versions:
+            for t in tails:
+                filename = f"{n}-{v}{t}.whl"
+                try:
+                    expected: str | None = str(parse_wheel_filename(filename)[1])
+                except (InvalidWheelFilename, InvalidVersion):
+                    expected = None
+                assert version_of(filename) == expected, filename
+                checked += 1
+    assert checked == len(names) * len(versions) * len(tails)
 
 
 def test_versions_read_once_per_release_are_the_versions_of_every_file() -> None:

@@ -5,6 +5,7 @@ Pure data, no I/O and no aiohttp, so the builder can share it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ from packaging.utils import (
     parse_sdist_filename,
     parse_wheel_filename,
 )
-from packaging.version import InvalidVersion
+from packaging.version import InvalidVersion, Version
 
 # PEP 700 (versions, size, upload-time) is API 1.1; we always emit at least that.
 API_VERSION = "1.1"
@@ -77,10 +78,32 @@ def version_of(filename: str) -> str | None:
     """The version a wheel or sdist filename carries, or None for other files."""
     try:
         if filename.endswith(".whl"):
-            return str(parse_wheel_filename(filename)[1])
+            return _wheel_version(filename)
         return str(parse_sdist_filename(filename)[1])
     except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
         return None
+
+
+def _wheel_version(filename: str) -> str:
+    """str(parse_wheel_filename(filename)[1]), raising where it raises.
+
+    packaging checks the version alone (Version of the second field) and the rest (the
+    name, build tag and tags: most of its time, a Tag made per tag) apart from it; the
+    rest is the same for every release of a page ("grpcio-*-cp312-cp312-macosx_11_0_arm64")
+    and is checked once per shape, by packaging itself, on the filename with version "0".
+    """
+    stem = filename[:-4]
+    dashes = stem.count("-")
+    if dashes not in (4, 5):
+        raise InvalidWheelFilename(f"wrong number of parts: {filename!r}")
+    name, version, rest = stem.split("-", 2)
+    _check_wheel_shape(name, rest)
+    return str(Version(version))
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_wheel_shape(name: str, rest: str) -> None:
+    parse_wheel_filename(f"{name}-0-{rest}.whl")  # raises (uncached) when it is not valid
 
 
 def merge_versions(listed: Iterable[str], files: Iterable[DistFile]) -> tuple[str, ...]:
