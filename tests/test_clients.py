@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import BIN, ProxyFactory, ProxyProcess, client_env, free_port, run, write_config
-from tests.dists import make_sdist, make_wheel
+from tests.dists import Dist, make_sdist, make_wheel
 from tests.upstream import FixtureUpstream
 
 
@@ -29,6 +29,24 @@ def demo(upstream: FixtureUpstream) -> FixtureUpstream:
     return upstream
 
 
+async def pip_download(index: str, tmp_path: Path) -> Path:
+    """`pip download demo.pkg` from `index`, isolated; the folder it downloaded into."""
+    dest = tmp_path / "dl"
+    code, out = await run(
+        sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir",
+        "--only-binary=:all:", "--index-url", index, "-d", str(dest), "demo.pkg",
+        env=client_env(tmp_path / "home"),
+    )  # fmt: skip
+    assert code == 0, out
+    return dest
+
+
+def picked(demo: FixtureUpstream) -> Dist:
+    """The wheel pip picks: the newest version that is not yanked."""
+    dists = demo.projects["demo-pkg"].dists
+    return next(d for d in dists if d.filename.startswith("demo_pkg-2.0"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("upstream_format", ["json", "html"])
 async def test_pip_download_through_the_proxy(
@@ -37,17 +55,8 @@ async def test_pip_download_through_the_proxy(
     demo.knobs.formats = upstream_format
     client = await make_proxy()
     index = str(client.make_url("/simple/"))
-    dest = tmp_path / "dl"
-    code, out = await run(
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir",
-        "--only-binary=:all:", "--index-url", index, "-d", str(dest), "demo.pkg",
-        env=client_env(tmp_path / "home"),
-    )  # fmt: skip
-    assert code == 0, out
-    # The newest version that is not yanked, as pip picks it.
-    wheel = next(
-        d for d in demo.projects["demo-pkg"].dists if d.filename.startswith("demo_pkg-2.0")
-    )
+    dest = await pip_download(index, tmp_path)
+    wheel = picked(demo)
     assert [p.name for p in dest.iterdir()] == [wheel.filename]
     assert (dest / wheel.filename).read_bytes() == wheel.content
     assert demo.requests[f"/files/demo-pkg/{wheel.filename}"] == 1
@@ -91,9 +100,7 @@ async def test_pip_downloads_through_absolute_links_under_public_url(
     config = write_config(tmp_path, demo.url, port=port, public_url=public)
     proxy = proxy_process(config, tmp_path / "proxy.log")
     index = await proxy.start()
-    wheel = next(
-        d for d in demo.projects["demo-pkg"].dists if d.filename.startswith("demo_pkg-2.0")
-    )
+    wheel = picked(demo)
     link = f"{public}files/demo-pkg/{wheel.filename}"
     async with aiohttp.ClientSession() as session:
         # The cold first answer (made from upstream's bytes), the rendering made after it,
@@ -105,13 +112,7 @@ async def test_pip_downloads_through_absolute_links_under_public_url(
         async with session.get(f"{index}demo-pkg/", headers={"Accept": "text/html"}) as resp:
             html = await resp.text()
         assert f'href="{link}#sha256={wheel.sha256}"' in html
-    dest = tmp_path / "dl"
-    code, out = await run(
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir",
-        "--only-binary=:all:", "--index-url", index, "-d", str(dest), "demo.pkg",
-        env=client_env(tmp_path / "home"),
-    )  # fmt: skip
-    assert code == 0, out
+    dest = await pip_download(index, tmp_path)
     assert [p.name for p in dest.iterdir()] == [wheel.filename]
     assert (dest / wheel.filename).read_bytes() == wheel.content
     # pip followed the absolute link to the proxy, which fetched the file once.
