@@ -105,7 +105,7 @@ class Pages:
         self._config = config
         # Where file links in pages point: relative to /simple/{project}/ (right behind
         # any host or prefix), or absolute under [proxy] public_url, which pip reads
-        # without a urljoin per link (half its cost of a file entry).
+        # without a urljoin per link (two fifths of its cost of a file entry).
         public = config.proxy.public_url
         self._files_base = f"{public}files/" if public is not None else "../../files/"
         self._cache = cache
