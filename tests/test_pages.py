@@ -432,3 +432,24 @@ async def test_health_and_metrics(make_proxy: ProxyFactory, demo: FixtureUpstrea
     assert sample("pythonbuild_page_cache_total", result="stale") == 1
     assert sample("pythonbuild_upstream_errors_total", kind="status") == 2
     assert sample("pythonbuild_upstream_request_seconds_count") == 4
+
+
+@pytest.mark.parametrize("supported", [False, True])  # upstream's page alone, or merged
+async def test_public_url_with_a_path_prefix_is_the_base_of_every_file_link(
+    make_proxy: ProxyFactory, demo: FixtureUpstream, supported: bool
+) -> None:
+    # Behind a reverse proxy at https://pypi.example.lan/py pi&x/: the prefix escaped
+    # once as a URL, and again as an attribute in HTML.
+    base = "https://pypi.example.lan/py%20pi&x/files/demo-pkg/"
+    projects = ("demo-pkg",) if supported else ()
+    client = await make_proxy(public_url="https://pypi.example.lan/py pi&x", projects=projects)
+    filenames = sorted(d.filename for d in demo.projects["demo-pkg"].dists)
+    for _ in range(2):  # the cold first answer, then the rendering of the parsed page
+        resp = await client.get("/simple/demo-pkg/", headers={"Accept": PIP_ACCEPT})
+        doc = await resp.json(content_type=JSON_V1)
+        assert sorted(f["url"] for f in doc["files"]) == [base + n for n in filenames]
+    resp = await client.get("/simple/demo-pkg/", headers={"Accept": "text/html"})
+    html = await resp.text()
+    hrefs = sorted(str(a["href"]).split("#")[0] for a in anchors(html))
+    assert hrefs == [base + n for n in filenames]
+    assert "py%20pi&amp;x/files/" in html
