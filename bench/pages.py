@@ -906,6 +906,18 @@ async def workers_row(
         f"their rate per core left: {medians['2 workers'] / left:.0f} req/s "
         f"(1 worker, on its one core: {medians['1 worker']:.0f})"
     )
+    # The most N workers could give on N cores that wrk shares: each request costs the
+    # proxy p and wrk w seconds of CPU, so N / (p + w) requests a second at best,
+    # against 1 / p for one worker on a core of its own: N p / (p + w).
+    cores = os.cpu_count() or 1
+    p = statistics.median(c for c, _ in spent["1 worker"])
+    w = statistics.median(
+        g / s.rate for (_, g), s in zip(spent["1 worker"], runs["1 worker"], strict=True)
+    )
+    say(
+        f"workers: {what}: wrk's CPU a request {w * 1e6:.1f} us, the proxy's {p * 1e6:.1f} us: "
+        f"at best {cores * p / (p + w):.2f}x with {cores} workers on these {cores} cores"
+    )
 
 
 def publish_local_wheels(folder: Path, count: int) -> None:
