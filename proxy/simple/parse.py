@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from html import unescape
 from html.parser import HTMLParser
+from typing import Any
 from urllib.parse import urldefrag, urljoin
 
 from proxy.simple import pagejson
@@ -143,19 +144,36 @@ def _json_file(entry: object, page_url: str, resolve: _Resolver) -> DistFile | N
     resolved = _resolved(page_url, url, resolve)
     if resolved is None:
         return None
+    return _dist_file(entry, filename, resolved[0], hashes, yanked, core_metadata)
+
+
+def _dist_file(
+    entry: Mapping[str, Any],
+    filename: str,
+    url: str,
+    hashes: dict[str, str],
+    yanked: bool | str,
+    core_metadata: bool | Mapping[str, str],
+) -> DistFile:
+    """The DistFile of a JSON entry, from what the caller checked already (the
+    transcoder's model is built with this too: one reading of the optional keys)."""
     size = entry.get("size")
     upload_time = entry.get("upload-time")
     requires_python = entry.get("requires-python")
     return DistFile(
         filename=filename,
-        url=resolved[0],
+        url=url,
         hashes=hashes,
         requires_python=requires_python if isinstance(requires_python, str) else None,
         yanked=yanked,
         core_metadata=core_metadata,
-        size=size if isinstance(size, int) and not isinstance(size, bool) else None,
+        # JSON gives only int and bool: exactly int is a size (True is not one).
+        size=size if size.__class__ is int else None,
         upload_time=upload_time if isinstance(upload_time, str) else None,
-        extra={k: v for k, v in entry.items() if k not in _FILE_KEYS},
+        # Most entries have no other key: no comprehension for them.
+        extra={}
+        if entry.keys() <= _FILE_KEYS
+        else {k: v for k, v in entry.items() if k not in _FILE_KEYS},
     )
 
 

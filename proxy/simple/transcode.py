@@ -40,6 +40,7 @@ from proxy.simple.parse import (
     _META_KEYS,
     _PAGE_KEYS,
     PageFormatError,
+    _dist_file,
     _hashes,
     _resolve,
     _resolved,
@@ -198,19 +199,4 @@ def _model_file(kept: _Kept, page_url: str) -> DistFile | None:
         resolved = _resolved(page_url, entry["url"], _resolve)
         if resolved is None:
             return None
-    size = entry.get("size")
-    upload_time = entry.get("upload-time")
-    requires_python = entry.get("requires-python")
-    return DistFile(
-        filename=filename,
-        url=resolved[0],
-        hashes=hashes,
-        requires_python=requires_python if isinstance(requires_python, str) else None,
-        yanked=yanked,
-        core_metadata=core_metadata,
-        size=size if size.__class__ is int else None,
-        upload_time=upload_time if isinstance(upload_time, str) else None,
-        extra={}
-        if entry.keys() <= _FILE_KEYS
-        else {k: v for k, v in entry.items() if k not in _FILE_KEYS},
-    )
+    return _dist_file(entry, filename, resolved[0], hashes, yanked, core_metadata)
