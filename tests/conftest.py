@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 import sys
@@ -15,12 +16,24 @@ from aiohttp.web import Application, Request
 
 from proxy.config import load_config
 from proxy.server.app import create_app
+from proxy.server.filestore import FileStore
 from tests.upstream import FixtureUpstream
 
 AiohttpServer = Callable[[Application], Awaitable[TestServer]]
 AiohttpClient = Callable[[Application], Awaitable[TestClient[Request, Application]]]
 ProxyFactory = Callable[..., Awaitable[TestClient[Request, Application]]]
 BIN = Path(sys.executable).parent
+
+
+def commit_bytes(store: FileStore, content: bytes) -> str:
+    """`content` kept in `store` as a finished download keeps it; its sha256."""
+    sha = hashlib.sha256(content).hexdigest()
+    partial = store.begin(sha)
+    partial.write(content)
+    partial.hash(content)
+    store.commit(partial, len(content))
+    os.close(partial.fd)
+    return sha
 
 
 def free_port() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ from aiohttp.web import Application, Request
 
 from proxy.server.filestore import FileStore
 from proxy.server.fileviews import OPEN_ON_LOOP_MAX
-from tests.conftest import ProxyFactory, ProxyProcess, write_config
+from tests.conftest import ProxyFactory, ProxyProcess, commit_bytes, write_config
 from tests.disks import tiny_disk
 from tests.dists import Dist, make_sdist, make_wheel
 from tests.samples import metric
@@ -311,26 +310,16 @@ async def test_lru_eviction_respects_the_cap(
     assert sum(p.stat().st_size for p in stored(tmp_path)) <= cap
 
 
-def _put(store: FileStore, data: bytes) -> str:
-    sha = hashlib.sha256(data).hexdigest()
-    partial = store.begin(sha)
-    partial.write(data)
-    partial.hash(data)
-    store.commit(partial, len(data))
-    os.close(partial.fd)
-    return sha
-
-
 def test_a_file_being_read_is_never_evicted(tmp_path: Path) -> None:
     store = FileStore(tmp_path, max_size=10)
     store.open()
-    first = _put(store, b"a" * 8)
+    first = commit_bytes(store, b"a" * 8)
     assert store.lookup(first) is not None  # pinned by its reader
-    second = _put(store, b"b" * 8)
+    second = commit_bytes(store, b"b" * 8)
     assert first in store  # least recent, over the cap, but pinned
     assert second not in store
     store.release(first)
-    third = _put(store, b"c" * 8)
+    third = commit_bytes(store, b"c" * 8)
     assert first not in store  # released: now it goes
     assert third in store
     assert store.total == 8

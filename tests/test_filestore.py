@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from proxy.server.filestore import FileStore
-from tests.conftest import ProxyFactory
+from tests.conftest import ProxyFactory, commit_bytes
 from tests.dists import Dist, make_wheel
 from tests.test_files import fetch, files_dir, stored
 from tests.upstream import FixtureUpstream
@@ -106,7 +105,7 @@ async def test_a_cached_file_behind_a_symlinked_folder_is_not_read_through(
 def _store_one(root: Path, content: bytes) -> tuple[FileStore, str]:
     store = FileStore(root, None)
     store.open()
-    return store, _commit(store, content)
+    return store, commit_bytes(store, content)
 
 
 def test_a_hot_hit_skips_the_thread_but_never_a_changed_file(tmp_path: Path) -> None:
@@ -158,16 +157,6 @@ def test_two_stores_on_one_folder_share_files_as_worker_processes_do(tmp_path: P
     assert corrupt == [1]
 
 
-def _commit(store: FileStore, content: bytes) -> str:
-    sha = hashlib.sha256(content).hexdigest()
-    partial = store.begin(sha)
-    partial.write(content)
-    partial.hash(content)
-    store.commit(partial, len(content))
-    os.close(partial.fd)
-    return sha
-
-
 def _on_disk(root: Path) -> int:
     return sum(p.stat().st_size for p in (root / "sha256").rglob("*") if p.is_file())
 
@@ -187,7 +176,7 @@ def test_worker_processes_keep_one_size_cap_over_all_their_files(
         store.open(clean=False)
     kept: list[str] = []
     for i in range(12):
-        kept.append(_commit(stores[i % 2], bytes([i]) * 50_000))
+        kept.append(commit_bytes(stores[i % 2], bytes([i]) * 50_000))
     if shared:
         assert _on_disk(root) <= cap
         # The newest files stayed, the oldest went: one recency over both.
