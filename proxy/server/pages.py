@@ -191,18 +191,22 @@ class Pages:
         asked and JSON sent); None: the caller waits for the parsed page instead."""
         resp = fetched.response
         made: ClientPage | None = None
+        etag = ""
         try:
             media = resp.content_type.split(";", 1)[0].strip().lower()
             if not fmt.is_json or media not in JSON_TYPES:
                 return None
             try:
-                made = await asyncio.to_thread(_first_json, resp, name, self._files_base)
+                made, etag = await asyncio.to_thread(
+                    _first_json_tagged, resp, name, self._files_base
+                )
             except PageFormatError:
                 return None  # the page cache's own parse says why, and keeps nothing
         finally:
             # The model this pass read, for the page cache to keep without parsing again.
             fetched.release(made.model if made is not None else None)
-        rendered = Rendered(made.body, _etag(made.body))
+        assert made is not None  # every other way out of the try returned above
+        rendered = Rendered(made.body, etag)
         # The same bytes a render of the parsed page gives, under the entry's key (as
         # _memo_key makes it: no wheels of ours, JSON): the next request (or one waiting
         # for the parse) finds them made.
@@ -357,6 +361,15 @@ def _render(page: ProjectPage, name: NormalizedName, as_json: bool, files_base: 
 
     body = render_project_json(page, url_for) if as_json else render_project_html(page, url_for)
     return Rendered(body, _etag(body))
+
+
+def _first_json_tagged(
+    resp: PageResponse, name: NormalizedName, files_base: str
+) -> tuple[ClientPage, str]:
+    """_first_json and its ETag, both in the worker thread: hashing a 2 MB page takes
+    over a millisecond, not to be spent on the event loop."""
+    made = _first_json(resp, name, files_base)
+    return made, _etag(made.body)
 
 
 def _first_json(resp: PageResponse, name: NormalizedName, files_base: str) -> ClientPage:
