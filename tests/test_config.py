@@ -11,7 +11,8 @@ import pytest
 from packaging.utils import canonicalize_name
 from yarl import URL
 
-from proxy.config import Config, ConfigError, load_config
+from proxy.config import Config, ConfigError, HostPort, load_config
+from tests.readme import readme_block
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "config.ini"
@@ -44,6 +45,21 @@ def test_bundled_config_gives_the_documented_defaults() -> None:
     assert proxy.negative_ttl == 60
     assert proxy.upstream_timeout == 30
     assert proxy.unsupported == "proxy"
+
+
+def test_the_readme_configuration_block_loads_as_written(tmp_path: Path) -> None:
+    # Every option the README documents, with its inline comments, read as a user
+    # who copies the block gets it.
+    config = load_text(tmp_path, readme_block("## Configuration", "ini"))
+    proxy = config.proxy
+    assert proxy.upstream == URL("https://pypi.org/simple/")
+    assert proxy.cache_max_size == 50 << 30
+    assert proxy.file_hosts == (HostPort("files.pythonhosted.org"),)
+    assert proxy.max_page_size == 64 << 20
+    assert (proxy.scrub_rate, proxy.scrub_interval) == (10 << 20, 3600)
+    assert (proxy.access_log, proxy.workers) == (True, 4)
+    assert str(proxy.public_url) == "https://pypi.example.lan/"
+    assert sorted(config.projects) == ["grpcio"]
 
 
 def test_bundled_config_paths_are_under_the_repository() -> None:

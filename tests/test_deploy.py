@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import textwrap
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -33,31 +32,15 @@ from proxy.config import load_config
 from tests.buildenv import BuildEnv, load_buildenv
 from tests.conftest import client_env, free_port, run
 from tests.dists import make_sdist, make_wheel
+from tests.readme import ROOT, readme_block, readme_command
 from tests.test_install import checkout_copy
 from tests.test_pages import JSON_V1
 from tests.upstream import FixtureUpstream
 
 pytestmark = pytest.mark.realbuild
 
-ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
 # The cibuildwheel-free part of the image: Debian bookworm with python3, venv and useradd.
 PYTHON_BIN = "/opt/python/cp311-cp311/bin"
-
-
-def readme_block(heading: str, lang: str) -> str:
-    """The first ```lang block after `heading` in the README, dedented."""
-    start = README.index(heading)
-    match = re.compile(rf"^( *)```{lang}\n(.*?)^\1```", re.M | re.S).search(README, start)
-    assert match is not None, f"no {lang} block after {heading!r}"
-    return textwrap.dedent(match[2])
-
-
-def readme_command(prefix: str) -> str:
-    """The README's inline command (in backticks) that starts with `prefix`."""
-    match = re.search(rf"`({re.escape(prefix)}[^`]*)`", README)
-    assert match is not None, f"no `{prefix}...` in the README"
-    return match[1]
 
 
 @pytest.fixture
