@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import zstandard
 
 from tests.conftest import BIN, ProxyFactory, ProxyProcess, client_env, free_port, run, write_config
 from tests.dists import Dist, make_sdist, make_wheel
@@ -89,6 +91,52 @@ async def test_uv_pip_install_through_the_proxy(
         assert (code, out.strip()) == (0, "1.0")
         assert demo.requests["/files/demo-pkg/demo_pkg-1.0-py3-none-any.whl"] == 1
         assert demo.requests["/simple/demo-pkg/"] == 1
+
+
+async def uv_install(index: str, tmp_path: Path, requirement: str) -> None:
+    """`uv pip install` into a new venv, isolated, with its own empty cache."""
+    env = client_env(tmp_path / "home")
+    venv = tmp_path / "venv"
+    code, out = await run(str(BIN / "uv"), "venv", "--python", sys.executable, str(venv), env=env)
+    assert code == 0, out
+    code, out = await run(
+        str(BIN / "uv"), "pip", "install", "--python", str(venv / "bin" / "python"),
+        "--index-url", index, requirement, env=env,
+    )  # fmt: skip
+    assert code == 0, out
+
+
+@pytest.mark.slow
+async def test_uv_installs_from_the_page_in_zstd(
+    proxy_process: Callable[..., ProxyProcess], demo: FixtureUpstream, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, demo.url, access_log="on")
+    proxy = proxy_process(config, tmp_path / "proxy.log")
+    index = await proxy.start()
+    page = f"{index}demo-pkg/"
+    # The zstd copy is made once the rendering uv asks for (JSON) is asked for twice.
+    headers = {"Accept": "application/vnd.pypi.simple.v1+json", "Accept-Encoding": "zstd"}
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        for _ in range(200):
+            async with session.get(page, headers=headers) as resp:
+                zstd = await resp.read()
+                if resp.headers.get("Content-Encoding") == "zstd":
+                    break
+            await asyncio.sleep(0.05)
+        assert resp.headers.get("Content-Encoding") == "zstd", "no zstd copy was made"
+    assert len(zstd) < len(zstandard.ZstdDecompressor().decompress(zstd))
+    log = tmp_path / "proxy.log"
+    sent_zstd = f"GET /simple/demo-pkg/ 200 {len(zstd)} "  # the access log's line
+    for _ in range(200):  # the line is written once the answer is sent
+        primed = log.read_text().count(sent_zstd)
+        if primed:
+            break
+        await asyncio.sleep(0.05)
+    await uv_install(index, tmp_path, "demo-pkg==1.0")
+    assert demo.requests["/simple/demo-pkg/"] == 1
+    assert await proxy.stop() == 0
+    # What uv read of the page was the zstd copy: that many bytes went out to it.
+    assert log.read_text().count(sent_zstd) > primed > 0
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import zstandard
 from packaging.utils import NormalizedName
 
 from proxy.server.fastfront import FILE_ROUTE, Plain, _read_head
@@ -142,8 +143,9 @@ TO_AIOHTTP = 'If-None-Match: "no-such-tag"'
         ("Accept: application/vnd.pypi.simple.v1+html, application/json;q=0.5",),
         (),  # no Accept: HTML, as PEP 691 says
         (f"Accept: {HTML}", "Accept-Encoding: gzip, br", "User-Agent: pip/24.0"),
+        (f"Accept: {JSON}", "Accept-Encoding: gzip, deflate, zstd", "User-Agent: uv/0.13.9"),
     ],
-    ids=["html", "json", "v1-html", "no-accept", "gzip"],
+    ids=["html", "json", "v1-html", "no-accept", "gzip", "zstd"],
 )
 async def test_a_warm_page_from_the_front_is_aiohttps_answer(
     proxy_process: StartProxy,
@@ -154,13 +156,15 @@ async def test_a_warm_page_from_the_front_is_aiohttps_answer(
     upstream.add("demo", make_sdist("demo", "1.0"), make_wheel("demo", "1.0"))
     proxy, base = await started(proxy_process, tmp_path, upstream)
     fronted = await warm(base, "/simple/demo/", *headers)
-    if any("gzip" in h for h in headers):
-        # The gzipped copy is made in the background once asked for twice.
+    coding = "zstd" if any("zstd" in h for h in headers) else "gzip"
+    if any(coding in h for h in headers):
+        # The coded copy is made in the background once asked for twice.
         deadline = time.monotonic() + 10
-        while fronted.header("Content-Encoding") != "gzip":
-            assert time.monotonic() < deadline, "the gzipped copy was never made"
+        while fronted.header("Content-Encoding") != coding:
+            assert time.monotonic() < deadline, f"the {coding} copy was never made"
             fronted = await warm(base, "/simple/demo/", *headers)
-        assert b"demo-1.0.tar.gz" in gzip.decompress(fronted.body)
+        decode = zstandard.ZstdDecompressor().decompress if coding == "zstd" else gzip.decompress
+        assert b"demo-1.0.tar.gz" in decode(fronted.body)
     conn = await Connection.open(base)
     await conn.send(get("/simple/demo/", *headers, TO_AIOHTTP))
     through_aiohttp = await conn.read()

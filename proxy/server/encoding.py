@@ -1,25 +1,60 @@
-"""Content-coding negotiation (RFC 9110 12.5.3): does the client take gzip?"""
+"""Content codings: which the client takes (RFC 9110 12.5.3), and making a copy in one.
+
+Pages go out in zstd (uv offers it: `gzip, deflate, zstd`) or gzip (pip, every HTTP
+client), each copy made once per rendering (proxy.server.pages), never per request.
+zstd at its default level is a fifth of gzip's time and a little smaller, and decodes
+in a fifth of gzip's time; brotli is offered by browsers alone, so it is not made.
+"""
 
 from __future__ import annotations
 
 import functools
+import gzip
+
+import zstandard
 
 from proxy.simple.negotiate import weighted_items
 
 GZIP = "gzip"
+ZSTD = "zstd"
+CODINGS = (ZSTD, GZIP)  # ours, best first: the order among codings offered alike
+_ALIASES = {"x-gzip": GZIP}  # RFC 9110 8.4.1.3
 
 
 # A handful of distinct headers (pip's, uv's, browsers'), each sent thousands of
 # times: parsed once each. Bounded, so varied headers only churn it.
 @functools.lru_cache(maxsize=256)
-def accepts_gzip(header: str | None) -> bool:
-    """True when `Accept-Encoding` offers gzip (or `*`) with a q-value above 0."""
+def accepted_codings(header: str | None) -> tuple[str, ...]:
+    """Our codings that `Accept-Encoding` offers with a q-value above 0, the client's
+    favourite first (ours breaking ties); () when it offers none of them."""
     if not header:
-        return False
-    wildcard: bool | None = None
+        return ()
+    named: dict[str, float] = {}
+    wildcard = 0.0
     for coding, q in weighted_items(header):
-        if coding in (GZIP, "x-gzip"):
-            return q > 0  # named: its own q-value decides, whatever `*` says
+        coding = _ALIASES.get(coding, coding)
         if coding == "*":
-            wildcard = q > 0
-    return bool(wildcard)
+            wildcard = q
+        elif coding in CODINGS:
+            named[coding] = max(q, named.get(coding, 0.0))
+    # A coding named has its own q-value, whatever `*` says of the others.
+    weights = {coding: named.get(coding, wildcard) for coding in CODINGS}
+    return tuple(
+        sorted(
+            (coding for coding in CODINGS if weights[coding] > 0),
+            key=lambda coding: -weights[coding],  # stable: ties keep CODINGS' order
+        )
+    )
+
+
+def compress(coding: str, body: bytes) -> bytes:
+    """`body` in `coding` (called in a worker thread), or b"" when that is no smaller.
+
+    The same body always gives the same bytes (gzip's mtime is 0), so the ETag derived
+    from the body names the copy too."""
+    if coding == ZSTD:
+        # Level 3, zstd's default: a 1.9 MB page in 3 ms (gzip's level 6: 17 ms).
+        compressed = zstandard.ZstdCompressor(level=3).compress(body)
+    else:
+        compressed = gzip.compress(body, compresslevel=6, mtime=0)
+    return compressed if len(compressed) < len(body) else b""

@@ -36,7 +36,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from packaging.utils import NormalizedName
 
 from proxy.server.accesslog import write_access_line
-from proxy.server.encoding import accepts_gzip
+from proxy.server.encoding import accepted_codings
 from proxy.server.files import Files, HotFile
 from proxy.server.metrics import Metrics
 from proxy.server.pages import Page, Pages
@@ -146,11 +146,11 @@ class Front:
         fmt = negotiate(request.accept, None)
         if fmt is None:
             return None
-        offers_gzip = accepts_gzip(request.encoding)
-        page = self._pages.warm(request.project, fmt, offers_gzip=offers_gzip)
+        codings = accepted_codings(request.encoding)
+        page = self._pages.warm(request.project, fmt, codings=codings)
         if page is None:
             return None
-        return self._response(page, offers_gzip)
+        return self._response(page, codings)
 
     def safe_answer(self, request: Plain) -> Answer | None:
         """`answer`, or None should it fail: aiohttp's path then answers the request
@@ -188,16 +188,16 @@ class Front:
                 self._heads[key] = head
         return Answer(head, hot.body, CacheStatus.HIT.header, FILE_ROUTE)
 
-    def _response(self, page: Page, offers_gzip: bool) -> Answer:
-        gzipped = page.gzip if offers_gzip else None
-        body = page.body if gzipped is None else gzipped
+    def _response(self, page: Page, codings: tuple[str, ...]) -> Answer:
+        coded = page.coded(codings) if codings else None
+        coding, body = (None, page.body) if coded is None else coded
         date = self._memo_heads()
-        key = (page.etag, gzipped is not None, page.format, page.cache, page.max_age, page.serial)
+        key = (page.etag, coding, page.format, page.cache, page.max_age, page.serial)
         head = self._heads.get(key)
         if head is None:
-            headers = page_headers(page, page.gzip_etag if gzipped is not None else page.etag)
-            if gzipped is not None:
-                headers["Content-Encoding"] = "gzip"
+            headers = page_headers(page, page.etag_for(coding))
+            if coding is not None:
+                headers["Content-Encoding"] = coding
             fields = "".join(f"{field}: {value}\r\n" for field, value in headers.items())
             head = (
                 f"HTTP/1.1 200 OK\r\n{fields}Content-Length: {len(body)}\r\n"

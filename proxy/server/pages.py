@@ -23,17 +23,18 @@ turns the value into a response.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import hashlib
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import NamedTuple
 from urllib.parse import quote
 
 from packaging.utils import NormalizedName, canonicalize_name
 
 from proxy.config import Config
+from proxy.server.encoding import compress
 from proxy.server.errors import ProjectNotFound, Redirect
 from proxy.server.lru import ByteLRU
 from proxy.server.pagecache import Fetched, PageCache, PageResult
@@ -49,16 +50,18 @@ from proxy.wheelhouse.store import Manifest, Wheelhouse
 
 # Beside each body: its ETag, the key and the memo's own bookkeeping.
 _ENTRY_OVERHEAD = 512
-_GZIP_ASKED_MAX = 10_000
+_ASKED_MAX = 10_000
+_NONE_MADE: Mapping[str, bytes] = {}
 
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
     body: bytes
     etag: str  # strong, quoted: a hash of the body
-    # The body gzipped, made once per rendering in the background the first time a
-    # client offers gzip; None: not made yet; b"": not worth it (no smaller).
-    gzip: bytes | None = None
+    # The body in each content coding made of it (proxy.server.encoding), once per
+    # rendering in the background when clients ask; b"": not worth it (no smaller).
+    # Never mutated: a new copy is a new Rendered.
+    encoded: Mapping[str, bytes] = field(default_factory=dict)
 
 
 class Page(NamedTuple):
@@ -73,12 +76,20 @@ class Page(NamedTuple):
     stale: bool  # upstream failed: the held copy, to be revalidated by clients
     serial: int | None  # upstream's X-PyPI-Last-Serial, when known
     cache: CacheStatus
-    gzip: bytes | None = None  # the body gzipped, when made and smaller
+    encoded: Mapping[str, bytes] = _NONE_MADE  # the body by content coding, as made
 
-    @property
-    def gzip_etag(self) -> str:
-        """The gzipped body's own strong ETag: another representation, another tag."""
-        return f'{self.etag[:-1]}-gzip"'
+    def coded(self, codings: tuple[str, ...]) -> tuple[str, bytes] | None:
+        """(coding, body) of the first of `codings` made and smaller; None: send it plain."""
+        for coding in codings:
+            body = self.encoded.get(coding)
+            if body:
+                return coding, body
+        return None
+
+    def etag_for(self, coding: str | None) -> str:
+        """The strong ETag of the body in `coding` (None: plain): another
+        representation, another tag."""
+        return self.etag if coding is None else f'{self.etag[:-1]}-{coding}"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +123,10 @@ class Pages:
         self._wheelhouse = wheelhouse
         self._upstream = upstream
         self._memo: ByteLRU[MemoKey, Rendered] = ByteLRU(memo_budget)
-        self._compressing: dict[MemoKey, asyncio.Task[None]] = {}
-        # Renderings asked for gzipped once: the second ask makes the copy, so a page
-        # fetched once (a cold `pip download`) never pays for it. Bounded by clearing.
-        self._gzip_asked: set[MemoKey] = set()
+        self._compressing: dict[tuple[MemoKey, str], asyncio.Task[None]] = {}
+        # Renderings asked for in a coding once: the second ask makes the copy, so a
+        # page fetched once (a cold `pip download`) never pays for it. Bounded by clearing.
+        self._asked: set[tuple[MemoKey, str]] = set()
 
     async def close(self) -> None:
         for task in self._compressing.values():
@@ -144,9 +155,12 @@ class Pages:
             return None
         return result.entry.page, result.entry.generation
 
-    async def get(self, name: NormalizedName, fmt: Format, *, offers_gzip: bool = False) -> Page:
-        """The page of a normalized project name in `fmt`; with `offers_gzip` (the client
-        offers it), its gzipped body too once made (the first such ask starts it).
+    async def get(
+        self, name: NormalizedName, fmt: Format, *, codings: tuple[str, ...] = ()
+    ) -> Page:
+        """The page of a normalized project name in `fmt`, with its body in the content
+        `codings` the client takes (best first) as they are made: asking starts the copy
+        in the first of them.
 
         Raises Redirect (unsupported projects, when configured), ProjectNotFound, or
         UpstreamError when upstream fails and nothing can be served.
@@ -160,7 +174,7 @@ class Pages:
         else:
             got = await self._cache.first(name)
             if isinstance(got, Fetched):
-                first = await self._first_answer(name, fmt, got, offers_gzip)
+                first = await self._first_answer(name, fmt, got, codings)
                 if first is not None:
                     return first
                 got = await got.result
@@ -180,12 +194,12 @@ class Pages:
             page = merge(upstream, name, local.values())
             rendered = await asyncio.to_thread(_render, page, name, fmt.is_json, self._files_base)
             self._memo.put(key, rendered, len(rendered.body) + _ENTRY_OVERHEAD)
-        if offers_gzip and rendered.gzip is None and key not in self._compressing:
-            self._want_gzip(key, rendered)
+        if codings and codings[0] not in rendered.encoded:
+            self._want(key, codings[0], rendered)
         return self._value(rendered, fmt, result, failure, upstream is None)
 
     async def _first_answer(
-        self, name: NormalizedName, fmt: Format, fetched: Fetched, offers_gzip: bool
+        self, name: NormalizedName, fmt: Format, fetched: Fetched, codings: tuple[str, ...]
     ) -> Page | None:
         """The answer made from upstream's bytes as they arrived, when it can be (JSON
         asked and JSON sent); None: the caller waits for the parsed page instead."""
@@ -212,8 +226,8 @@ class Pages:
         # for the parse) finds them made.
         key: MemoKey = (name, fetched.generation, None, True)
         self._memo.put(key, rendered, len(rendered.body) + _ENTRY_OVERHEAD)
-        if offers_gzip:
-            self._want_gzip(key, rendered)
+        if codings:
+            self._want(key, codings[0], rendered)
         return Page(
             body=rendered.body,
             etag=rendered.etag,
@@ -224,7 +238,9 @@ class Pages:
             cache=CacheStatus.MISS,
         )
 
-    def warm(self, name: NormalizedName, fmt: Format, *, offers_gzip: bool = False) -> Page | None:
+    def warm(
+        self, name: NormalizedName, fmt: Format, *, codings: tuple[str, ...] = ()
+    ) -> Page | None:
         """The page `get` would give, when everything it takes is in memory and fresh
         (upstream's page, the manifest, the rendering): at once, with no wait, for the
         fast front (proxy.server.fastfront). None: anything else, for `get` to answer."""
@@ -243,8 +259,8 @@ class Pages:
         rendered = self._memo.get(key)
         if rendered is None:
             return None
-        if offers_gzip and rendered.gzip is None and key not in self._compressing:
-            self._want_gzip(key, rendered)
+        if codings and codings[0] not in rendered.encoded:
+            self._want(key, codings[0], rendered)
         return self._value(rendered, fmt, result, None, False)
 
     def count_warm(self, served: int) -> None:
@@ -252,24 +268,31 @@ class Pages:
         once for many: the metrics' locks cost more than the answers)."""
         self._cache.count_hit(served)
 
-    def _want_gzip(self, key: MemoKey, rendered: Rendered) -> None:
-        if key not in self._gzip_asked:
-            if len(self._gzip_asked) >= _GZIP_ASKED_MAX:
-                self._gzip_asked.clear()
-            self._gzip_asked.add(key)
+    def _want(self, key: MemoKey, coding: str, rendered: Rendered) -> None:
+        asked = (key, coding)
+        if asked in self._compressing:
             return
-        self._gzip_asked.discard(key)
-        # Not on this request's path: it gets the plain body, later ones the gzip.
-        task = asyncio.ensure_future(self._compress(key, rendered))
-        self._compressing[key] = task
-        task.add_done_callback(lambda _: self._compressing.pop(key, None))
+        if asked not in self._asked:
+            if len(self._asked) >= _ASKED_MAX:
+                self._asked.clear()
+            self._asked.add(asked)
+            return
+        self._asked.discard(asked)
+        # Not on this request's path: it gets what is made, later ones the new copy.
+        task = asyncio.ensure_future(self._compress(key, coding, rendered))
+        self._compressing[asked] = task
+        task.add_done_callback(lambda _: self._compressing.pop(asked, None))
 
-    async def _compress(self, key: MemoKey, rendered: Rendered) -> None:
-        compressed = await asyncio.to_thread(_gzip, rendered.body)
-        # Kept only beside the rendering it was made from, counted in the memo's bytes.
-        if self._memo.get(key) is rendered:
-            both = Rendered(rendered.body, rendered.etag, compressed)
-            self._memo.put(key, both, len(rendered.body) + len(compressed) + _ENTRY_OVERHEAD)
+    async def _compress(self, key: MemoKey, coding: str, rendered: Rendered) -> None:
+        compressed = await asyncio.to_thread(compress, coding, rendered.body)
+        # Kept only beside the rendering it was made from (and the copies made of it
+        # meanwhile), counted in the memo's bytes.
+        held = self._memo.get(key)
+        if held is None or held.body is not rendered.body:
+            return
+        encoded = {**held.encoded, coding: compressed}
+        size = len(held.body) + sum(map(len, encoded.values())) + _ENTRY_OVERHEAD
+        self._memo.put(key, Rendered(held.body, held.etag, encoded), size)
 
     async def _upstream_page(
         self, name: NormalizedName, supported: bool
@@ -311,7 +334,7 @@ class Pages:
             stale=stale,
             serial=result.entry.serial if result is not None else None,
             cache=cache,
-            gzip=rendered.gzip or None,
+            encoded=rendered.encoded,
         )
 
 
@@ -340,15 +363,6 @@ _UNQUOTED = re.compile(r"[A-Za-z0-9_.~-]+")
 
 def _etag(body: bytes) -> str:
     return f'"{hashlib.sha256(body).hexdigest()[:32]}"'
-
-
-def _gzip(body: bytes) -> bytes:
-    """The body gzipped (in a worker thread), or b"" when that is no smaller.
-
-    Level 6, made once per rendering and served many times; mtime 0, so the same
-    body always gives the same bytes (and the ETag derived from the body holds)."""
-    compressed = gzip.compress(body, compresslevel=6, mtime=0)
-    return compressed if len(compressed) < len(body) else b""
 
 
 def _render(page: ProjectPage, name: NormalizedName, as_json: bool, files_base: str) -> Rendered:

@@ -9,7 +9,7 @@ from aiohttp import web
 from packaging.utils import NormalizedName
 
 from proxy.server import rootstream
-from proxy.server.encoding import accepts_gzip
+from proxy.server.encoding import accepted_codings
 from proxy.server.errors import NotAcceptable, Redirect
 from proxy.server.keys import CONFIG, METRICS, PAGES, ROOT
 from proxy.server.pages import Page
@@ -49,11 +49,9 @@ async def add_slash(request: web.Request) -> web.StreamResponse:
 
 
 async def project_page(request: web.Request) -> web.StreamResponse:
-    offers_gzip = accepts_gzip(request.headers.get("Accept-Encoding"))
-    page = await request.app[PAGES].get(
-        _project(request), _format(request), offers_gzip=offers_gzip
-    )
-    return _page_response(request, page, offers_gzip)
+    codings = accepted_codings(request.headers.get("Accept-Encoding"))
+    page = await request.app[PAGES].get(_project(request), _format(request), codings=codings)
+    return _page_response(request, page, codings)
 
 
 def page_headers(page: Page, etag: str) -> dict[str, str]:
@@ -73,24 +71,25 @@ def page_headers(page: Page, etag: str) -> dict[str, str]:
     return headers
 
 
-def _page_response(request: web.Request, page: Page, offers_gzip: bool) -> web.Response:
-    # The gzipped copy was made once for this rendering; never compressed per request.
-    gzipped = page.gzip if offers_gzip else None
-    etag = page.gzip_etag if gzipped is not None else page.etag
+def _page_response(request: web.Request, page: Page, codings: tuple[str, ...]) -> web.Response:
+    # Each coded copy was made once for this rendering; never compressed per request.
+    coded = page.coded(codings)
+    coding = coded[0] if coded is not None else None
+    etag = page.etag_for(coding)
     headers = page_headers(page, etag)
     if "If-None-Match" in request.headers:
         # RFC 9110 13.1.2: weak comparison, and "*" matches any current representation.
         held = {tag.value for tag in request.if_none_match or ()}
         if "*" in held:
             return web.Response(status=304, headers=headers)
-        # A client holding either form of this rendering holds it still: a 304 names
-        # the form it holds (a cache that stored the plain body before the gzip was made).
-        for form in (etag, page.etag, page.gzip_etag if page.gzip is not None else None):
-            if form is not None and form.strip('"') in held:
+        # A client holding any form of this rendering holds it still: a 304 names the
+        # form it holds (a cache that stored the plain body before a copy was made).
+        for form in (etag, page.etag, *(page.etag_for(c) for c, b in page.encoded.items() if b)):
+            if form.strip('"') in held:
                 named = {**headers, "ETag": form}
                 return web.Response(status=304, headers=named)
-    if gzipped is not None:
-        return web.Response(body=gzipped, headers={**headers, "Content-Encoding": "gzip"})
+    if coded is not None:
+        return web.Response(body=coded[1], headers={**headers, "Content-Encoding": coded[0]})
     return web.Response(body=page.body, headers=headers)
 
 
