@@ -28,12 +28,13 @@ import tempfile
 import time
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
+import zstandard
 from aiohttp import web
 
 from bench.tools import LOAD_CORE, SERVER_CORE, pinned, stop_process
@@ -478,8 +479,11 @@ TABLE_SECONDS = 3
 QUICK_TABLE_SECONDS = 2
 TABLE_ROUNDS = 5
 PIP_ROUNDS = 7  # pip's runs vary by a tenth on this machine: a median of few is noise
-GZIP = "gzip"
-GZIP_PASSES = 20
+DECODERS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": lambda body: zlib.decompress(body, 16 + zlib.MAX_WBITS),
+    "zstd": zstandard.ZstdDecompressor().decompress,
+}
+CODED_PASSES = 20
 
 
 def stand_in_dists(project: str, count: int) -> list[Dist]:
@@ -595,29 +599,33 @@ async def page_bytes(proxy: str, projects: Sequence[str], root: Path) -> list[in
     return sizes
 
 
-async def gzip_bytes(proxy: str, projects: Sequence[str]) -> tuple[float, float, int, int]:
-    """Mean bytes on the wire per mix page when the client offers gzip, the mean
-    uncompressed, how many answers were compressed, and in which pass over the mix.
+async def coded_bytes(
+    proxy: str, projects: Sequence[str], coding: str
+) -> tuple[float, float, int, int]:
+    """Mean bytes on the wire per mix page when the client offers `coding` (gzip, as pip
+    does, or zstd, as uv does), the mean uncompressed, how many answers came in it, and
+    in which pass over the mix.
 
-    The proxy makes a page's gzipped copy once, in the background, after a second
-    ask: passes repeat (at most GZIP_PASSES) until every answer comes compressed, and
+    The proxy makes a page's copy in a coding once, in the background, after a second
+    ask: passes repeat (at most CODED_PASSES) until every answer comes compressed, and
     the last pass is the figure, the steady state clients see."""
+    decode = DECODERS[coding]
     passes = 0
     while True:
         passes += 1
         wire = plain = compressed = 0
         async with aiohttp.ClientSession(auto_decompress=False) as session:
             for project in projects:
-                headers = {"Accept": HTML, "Accept-Encoding": GZIP}
+                headers = {"Accept": HTML, "Accept-Encoding": coding}
                 async with session.get(f"{proxy}{project}/", headers=headers) as resp:
                     body = await resp.read()
                 wire += len(body)
-                if resp.headers.get("Content-Encoding") == GZIP:
+                if resp.headers.get("Content-Encoding") == coding:
                     compressed += 1
-                    plain += len(zlib.decompress(body, 16 + zlib.MAX_WBITS))
+                    plain += len(decode(body))
                 else:
                     plain += len(body)
-        if compressed == len(projects) or passes == GZIP_PASSES:
+        if compressed == len(projects) or passes == CODED_PASSES:
             break
         await asyncio.sleep(0.2)  # the background compression, between passes
     return wire / len(projects), plain / len(projects), compressed, passes
@@ -781,12 +789,13 @@ async def bench_table(proxy: str, upstream: str, work: Path, quick: bool) -> Non
             big = [f"/simple/{MIX[-1]}/"]
             runs = await interleaved(wrk, work, targets, big, rounds, seconds)
             report_table_row(f"large page ({mix[-1] / MB:.2f} MB), c=16", runs, 0.9)
-    wire, plain, compressed, passes = await gzip_bytes(proxy, MIX)
-    say(
-        f"table: gzip offered: {wire / 1000:.0f} kB per mix page on the wire "
-        f"({plain / 1000:.0f} kB uncompressed; {compressed} of {len(MIX)} answers compressed, "
-        f"pass {passes} over the mix)"
-    )
+    for coding in DECODERS:
+        wire, plain, compressed, passes = await coded_bytes(proxy, MIX, coding)
+        say(
+            f"table: {coding} offered: {wire / 1000:.0f} kB per mix page on the wire "
+            f"({plain / 1000:.0f} kB uncompressed; {compressed} of {len(MIX)} answers "
+            f"compressed, pass {passes} over the mix)"
+        )
     await cold_roots(upstream, work)
     await cold_pip(upstream, work, 1 if quick else PIP_ROUNDS)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import time
+from collections.abc import Callable
 
 import pytest
 import zstandard
@@ -22,7 +23,10 @@ from tests.upstream import FixtureUpstream
 PAGE = "/simple/many/"
 PLAIN = {"Accept-Encoding": "identity"}
 UV = "gzip, deflate, zstd"  # what uv 0.13 sends
-DECODE = {GZIP: gzip.decompress, ZSTD: zstandard.ZstdDecompressor().decompress}
+DECODE: dict[str, Callable[[bytes], bytes]] = {
+    GZIP: gzip.decompress,
+    ZSTD: zstandard.ZstdDecompressor().decompress,
+}
 
 
 @pytest.fixture
