@@ -674,6 +674,8 @@ async def cold_roots(upstream: str, work: Path, rounds: int = 1) -> None:
                     first, total, size, status = await first_byte_and_total(proxy, accept)
                     # Less skewed by other work on the machine than the wall clock.
                     cpu.append(cpu_seconds(proc.pid) - before)
+                    if r == rounds - 1:
+                        await report_root_copies(session, proxy, accept, label, size)
                 finally:
                     await stop_process(proc)
                 proxied.append((first, total))
@@ -699,6 +701,28 @@ async def cold_roots(upstream: str, work: Path, rounds: int = 1) -> None:
                 f"{name}: total / upstream's transfer: {total / up_total:.2f}x "
                 "(issue 12 aim: 2x or less)"
             )
+
+
+async def report_root_copies(
+    session: aiohttp.ClientSession, proxy: str, accept: str, label: str, plain: int
+) -> None:
+    """The held root's compressed copies: their size on the wire and how long after the
+    cold client's last byte each was first sent (they are made after the switch)."""
+    started = time.perf_counter()
+    for coding in DECODERS:
+        headers = {"Accept": accept, "Accept-Encoding": coding}
+        while time.perf_counter() - started < 120:
+            async with session.get(proxy, headers=headers, auto_decompress=False) as resp:
+                body = await resp.read()
+            if resp.headers.get("Content-Encoding") == coding:
+                say(
+                    f"table: root ({label}) in {coding}: {len(body) / MB:.1f} MB on the wire "
+                    f"of {plain / MB:.1f} MB, sent from +{time.perf_counter() - started:.1f} s"
+                )
+                break
+            await asyncio.sleep(0.1)
+        else:
+            say(f"table: root ({label}) in {coding}: no copy within 120 s")
 
 
 async def cold_pip(upstream: str, work: Path, rounds: int) -> None:

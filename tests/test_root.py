@@ -35,7 +35,7 @@ async def test_large_root_is_served_whole_in_both_formats(
     resp = await client.get("/simple/", headers={"Accept": PIP_ACCEPT})
     assert resp.status == 200
     assert resp.headers["Content-Type"] == JSON_V1
-    assert resp.headers["Vary"] == "Accept"
+    assert resp.headers["Vary"] == "Accept, Accept-Encoding"
     doc = await resp.json(content_type=JSON_V1)
     names = [p["name"] for p in doc["projects"]]
     assert len(names) == 60_001

@@ -28,6 +28,7 @@ import shutil
 import stat
 import string
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from packaging.utils import InvalidName, canonicalize_name, is_normalized_name
 
 from proxy.atomic import write_atomically
 from proxy.server.metrics import Metrics
+from proxy.server.rootcoded import make_copies
 from proxy.server.rootscan import HtmlNames, JsonNames, NameScanner
 from proxy.server.singleflight import SingleFlight
 from proxy.server.upstream import Upstream, UpstreamError, Validators
@@ -142,14 +144,34 @@ class RootIndex:
         # While a cold fetch runs: resolves to its RootInProgress once upstream's
         # answer is known to be a root (or to the fetch's end, if that comes first).
         self._cold: asyncio.Future[RootInProgress | RootGeneration] | None = None
+        # The compressed copies of a generation this process fetched, being made.
+        self._copying: asyncio.Future[None] | None = None
+        self._stop_copying = threading.Event()
 
     async def open(self, *, clean: bool = True) -> None:
         """Load the current generation; `clean`: remove every other one and every
-        unfinished fetch (False when other worker processes may be writing theirs)."""
+        unfinished fetch (False when other worker processes may be writing theirs),
+        and make the compressed copies a crash left unmade."""
         self._held = await asyncio.to_thread(self._load_and_clean, clean)
+        if clean and self._held is not None:
+            self._copy(self._held)
 
     async def close(self) -> None:
+        self._stop_copying.set()  # a copy half made is dropped, not waited for
         await self._flight.drain()
+        if self._copying is not None:
+            await asyncio.wait([self._copying])
+
+    def _copy(self, generation: RootGeneration) -> None:
+        """Make the generation's compressed copies in the background (proxy.server.
+        rootcoded); one run at a time, and a copy made already is not made again."""
+        if self._stop_copying.is_set() or (self._copying and not self._copying.done()):
+            return
+        files = (generation.html, generation.json)
+        self._copying = asyncio.ensure_future(
+            asyncio.to_thread(make_copies, files, self._stop_copying)
+        )
+        self._copying.add_done_callback(_log_copy_failure)
 
     async def get(self) -> RootGeneration:
         """The root to serve: fresh, or stale while one refresh runs in the background.
@@ -214,6 +236,7 @@ class RootIndex:
                 )
                 await asyncio.to_thread(_write_meta, fresh)
                 self._held = fresh
+                self._copy(fresh)
                 return fresh
             serial_header = resp.headers.get("X-PyPI-Last-Serial", "")
             writer = await asyncio.to_thread(
@@ -246,6 +269,7 @@ class RootIndex:
                 raise
         self._held = generation
         progress.end(generation, None)
+        self._copy(generation)
         return generation
 
     # -- disk (worker threads) --------------------------------------------------
@@ -384,6 +408,11 @@ def _settle(
 def _log_failure(task: asyncio.Future[RootGeneration]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("root refresh failed, serving the held copy: %s", task.exception())
+
+
+def _log_copy_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("the root's compressed copies were not made: %s", task.exception())
 
 
 def _write_meta(generation: RootGeneration) -> None:

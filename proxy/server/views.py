@@ -8,7 +8,7 @@ import time
 from aiohttp import web
 from packaging.utils import NormalizedName
 
-from proxy.server import rootstream
+from proxy.server import rootcoded, rootstream
 from proxy.server.encoding import accepted_codings
 from proxy.server.errors import NotAcceptable, Redirect
 from proxy.server.keys import CONFIG, METRICS, PAGES, ROOT
@@ -97,7 +97,7 @@ async def root_index(request: web.Request) -> web.StreamResponse:
     fmt = _format(request)
     headers = {
         "Content-Type": fmt.value,
-        "Vary": "Accept",
+        "Vary": "Accept, Accept-Encoding",
         "Cache-Control": "max-age=600, public",
     }
     root = request.app[ROOT]
@@ -118,7 +118,13 @@ async def root_index(request: web.Request) -> web.StreamResponse:
         headers["X-Cache"] = CacheStatus.STALE.header
     else:
         headers["X-Cache"] = CacheStatus.HIT.header
-    return web.FileResponse(held.json if fmt.is_json else held.html, headers=headers)
+    path = held.json if fmt.is_json else held.html
+    codings = accepted_codings(request.headers.get("Accept-Encoding"))
+    # Its copy in the client's favourite coding, once made (proxy.server.rootcoded).
+    coded = await asyncio.to_thread(rootcoded.pick, path, codings) if codings else None
+    if coded is not None:
+        path, headers["Content-Encoding"] = coded
+    return web.FileResponse(path, headers=headers)
 
 
 async def health(request: web.Request) -> web.StreamResponse:
