@@ -15,6 +15,8 @@ from pathlib import Path
 import diskcache
 import pytest
 
+from proxy.server import pagecache
+from proxy.server.keys import PAGES
 from tests.conftest import ProxyFactory
 from tests.dists import make_sdist, make_wheel
 from tests.test_pages import PIP_ACCEPT
@@ -141,6 +143,37 @@ async def test_a_cold_page_nobody_asks_again_for_is_still_kept(
     assert (await client.get(PAGE, headers=PLAIN)).status == 200
     # Built and stored on its own (after BUILD_GRACE), with no request waiting for it.
     await until(lambda: "page/demo-pkg" in _stored_pages(tmp_path), "the page is stored")
+
+
+@pytest.mark.parametrize("files", [30, 400], ids=["small", "big"])
+async def test_a_small_page_is_built_at_once_a_big_one_when_needed(
+    make_proxy: ProxyFactory,
+    upstream: FixtureUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+    files: int,
+) -> None:
+    # No grace runs out here: what builds the model is the rule, not the clock.
+    monkeypatch.setattr(pagecache, "BUILD_GRACE", 3600)
+    upstream.add("grown", *(make_wheel("grown", f"1.{i}") for i in range(files)))
+    client = await make_proxy()
+    resp = await client.get("/simple/grown/", headers=PLAIN)
+    assert (resp.status, resp.headers["X-Cache"]) == (200, "MISS")
+    small = len(await resp.read()) <= pagecache.BUILD_AT_ONCE
+    assert small == (files == 30)
+    assert client.app is not None
+    cache = client.app[PAGES]._cache
+    if small:
+        # Built while its client reads it: its next request (the .metadata) finds it.
+        await until(lambda: cache.fresh("grown") is not None, "the small page is built")
+    else:
+        await asyncio.sleep(0.2)  # a build would not wait: it would be done by now
+        assert cache.fresh("grown") is None  # the answer's bytes go out first
+        # Until a request needs it: a file's request waits for the build, no longer.
+        wheel = upstream.projects["grown"].dists[0]
+        file = await client.get(f"/files/grown/{wheel.filename}")
+        assert await file.read() == wheel.content
+        assert cache.fresh("grown") is not None
+    assert upstream.requests["/simple/grown/"] == 1
 
 
 async def test_a_proxy_stopped_right_after_a_cold_answer_keeps_that_page(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -155,6 +156,25 @@ def test_two_stores_on_one_folder_share_files_as_worker_processes_do(tmp_path: P
     writer2.path(sha2).write_bytes(b"not it")
     assert other.lookup(sha2) is None
     assert corrupt == [1]
+
+
+def test_only_a_store_nobody_shares_knows_a_file_absent_without_a_look(tmp_path: Path) -> None:
+    """A cold file's request skips the look on disk (a thread hop) only where the index
+    holds every file: one process alone. Sharing, another may have committed it."""
+    alone, sha = _store_one(tmp_path / "alone", b"a" * 1_000)
+    unknown = hashlib.sha256(b"never kept").hexdigest()
+    assert alone.surely_absent(unknown) and alone.lookup(unknown) is None
+    assert not alone.surely_absent(sha)  # indexed: on disk, to be looked at
+    # Kept before this process started: indexed at open(), so not absent either.
+    reopened = FileStore(tmp_path / "alone", None)
+    reopened.open()
+    assert not reopened.surely_absent(sha) and reopened.lookup(sha) is not None
+    reopened.release(sha)
+    other = FileStore(tmp_path / "shared", None, shared=True)
+    other.open(clean=False)
+    _, shared_sha = _store_one(tmp_path / "shared", b"b" * 1_000)  # another worker
+    assert not other.surely_absent(shared_sha) and not other.surely_absent(unknown)
+    assert other.lookup(shared_sha) is not None
 
 
 def _on_disk(root: Path) -> int:

@@ -191,7 +191,8 @@ class Files:
         if not f.url.startswith(("https://", "http://")):
             raise FileNotListed()
         source, url = self._source(f, metadata)
-        if source is not None:
+        if source is not None and not self._store.surely_absent(source.sha256):
+            # (A cold file of a store no other process shares needs no look on disk.)
             hit = await self._from_disk(source.sha256, CacheStatus.HIT)
             if hit is None and source.sha256 in self._store:
                 # Its download committed it while we looked (a tiny file's clients are

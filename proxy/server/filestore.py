@@ -494,6 +494,11 @@ class FileStore:
     def __contains__(self, sha256: str) -> bool:
         return sha256 in self._index
 
+    def surely_absent(self, sha256: str) -> bool:
+        """True when the file is not on disk, known without a look: it is not indexed,
+        and no other process adds files (the index holds every file since open())."""
+        return not self._shared and sha256 not in self._index
+
 
 def _remove_in(folder: int, name: str) -> None:
     """Remove `name` from the folder, whatever it is, following no symlink."""
