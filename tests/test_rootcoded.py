@@ -15,12 +15,17 @@ import zstandard
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
+from yarl import URL
 
 from proxy.server.encoding import GZIP, ZSTD
+from proxy.server.metrics import Metrics
 from proxy.server.rootcoded import coded_path, make_copies
+from proxy.server.rootindex import RootGeneration, RootIndex
+from proxy.server.upstream import Upstream, Validators
 from tests.conftest import ProxyFactory
 from tests.test_pages import JSON_V1
 from tests.upstream import FixtureUpstream
+from tests.waits import until
 
 DECODE: dict[str, Callable[[bytes], bytes]] = {
     GZIP: gzip.decompress,
@@ -118,6 +123,34 @@ def test_a_copy_is_whole_or_absent_and_made_once(tmp_path: Path) -> None:
     make_copies((source,), made)  # made already: left as they are
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == stamps
     assert sorted(stamps) == ["root.html", "root.html.gzip", "root.html.zstd"]
+
+
+async def test_a_generation_switched_in_while_copies_are_made_gets_its_own_next(
+    tmp_path: Path,
+) -> None:
+    metrics = Metrics()
+    upstream = Upstream(URL("http://127.0.0.1:9/simple/"), 5, metrics)  # never asked
+    index = RootIndex(tmp_path / "root", upstream, metrics, ttl=600)
+    generations = []
+    for n in (1, 2, 3):
+        folder = tmp_path / f"gen-{n}"
+        folder.mkdir()
+        for name in ("root.html", "root.json"):
+            (folder / name).write_bytes(f"generation {n} ".encode() * 100_000)
+        generations.append(RootGeneration(folder, 0.0, Validators(), None, 0))
+    # The first run starts; the second and third come while it is under way: the
+    # newest is made next, the one it replaced never is.
+    for generation in generations:
+        index._copy(generation)
+    first, second, third = generations
+
+    def made(generation: RootGeneration) -> bool:
+        return all(coded_path(generation.json, c).exists() for c in (ZSTD, GZIP))
+
+    await until(lambda: made(third), "the newest generation's copies")
+    assert made(first) and not coded_path(second.html, ZSTD).exists()
+    assert DECODE[ZSTD](coded_path(third.html, ZSTD).read_bytes()) == third.html.read_bytes()
+    await index.close()
 
 
 async def test_a_planted_link_is_never_sent_as_a_copy(

@@ -144,8 +144,10 @@ class RootIndex:
         # While a cold fetch runs: resolves to its RootInProgress once upstream's
         # answer is known to be a root (or to the fetch's end, if that comes first).
         self._cold: asyncio.Future[RootInProgress | RootGeneration] | None = None
-        # The compressed copies of a generation this process fetched, being made.
+        # The compressed copies of a generation this process fetched: being made, and
+        # the generation whose copies are to be made next (a newer one came meanwhile).
         self._copying: asyncio.Future[None] | None = None
+        self._copy_next: RootGeneration | None = None
         self._stop_copying = threading.Event()
 
     async def open(self, *, clean: bool = True) -> None:
@@ -164,14 +166,23 @@ class RootIndex:
 
     def _copy(self, generation: RootGeneration) -> None:
         """Make the generation's compressed copies in the background (proxy.server.
-        rootcoded); one run at a time, and a copy made already is not made again."""
-        if self._stop_copying.is_set() or (self._copying and not self._copying.done()):
+        rootcoded): one run at a time, the newest generation's next; a copy made
+        already is not made again."""
+        self._copy_next = generation
+        if self._copying is None or self._copying.done():
+            self._copy_again()
+
+    def _copy_again(self, ended: asyncio.Future[None] | None = None) -> None:
+        if ended is not None:
+            _log_copy_failure(ended)
+        generation, self._copy_next = self._copy_next, None
+        if generation is None or self._stop_copying.is_set():
             return
         files = (generation.html, generation.json)
         self._copying = asyncio.ensure_future(
             asyncio.to_thread(make_copies, files, self._stop_copying)
         )
-        self._copying.add_done_callback(_log_copy_failure)
+        self._copying.add_done_callback(self._copy_again)
 
     async def get(self) -> RootGeneration:
         """The root to serve: fresh, or stale while one refresh runs in the background.
