@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -16,7 +17,7 @@ from aiohttp.web import Application, Request
 
 from proxy.server.encoding import GZIP, ZSTD, accepted_codings, compress
 from proxy.server.keys import PAGES
-from tests.conftest import ProxyFactory
+from tests.conftest import ProxyFactory, client_env, run
 from tests.dists import make_wheel
 from tests.upstream import FixtureUpstream
 
@@ -168,3 +169,30 @@ def test_accept_encoding_is_read_as_rfc_9110_says(
     header: str | None, expected: tuple[str, ...]
 ) -> None:
     assert accepted_codings(header) == expected
+
+
+async def test_curl_decodes_the_page_and_the_root_it_gets_in_zstd(
+    make_proxy: ProxyFactory, many: FixtureUpstream, tmp_path: Path
+) -> None:
+    """A real client's decoder (curl's libzstd), not ours: `--compressed` offers
+    `deflate, gzip, br, zstd`, and gets zstd once each copy is made."""
+    many.knobs.root_names = 5_000
+    client = await make_proxy()
+    for path in (PAGE, "/simple/"):
+        url = str(client.make_url(path))
+        plain = await (await client.get(path, headers=PLAIN)).read()
+        deadline = time.monotonic() + 30
+        while True:
+            head = tmp_path / "head.txt"
+            code, out = await run(
+                "curl", "-sS", "--compressed", "-H", "Accept: text/html", "-D", str(head),
+                "-o", str(tmp_path / "body"), "-w", "%{size_download}", url,
+                env=client_env(tmp_path),
+            )  # fmt: skip
+            assert code == 0, out
+            if "content-encoding: zstd" in head.read_text().lower():
+                break
+            assert time.monotonic() < deadline, f"{path}: curl never got zstd"
+            await asyncio.sleep(0.05)
+        assert (tmp_path / "body").read_bytes() == plain  # decoded by curl
+        assert int(out) < len(plain) / 3  # what crossed the wire: the copy

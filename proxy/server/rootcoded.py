@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import stat
 import threading
 import zlib
@@ -39,9 +40,11 @@ class _Compressor(Protocol):
     def flush(self) -> bytes: ...
 
 
-def _compressor(coding: str) -> _Compressor:
+def _compressor(coding: str, size: int) -> _Compressor:
     if coding == ZSTD:
-        return zstandard.ZstdCompressor(level=3).compressobj()
+        # The size in the frame's header, as a one-shot compress writes it: a decoder
+        # that reads whole frames only (python-zstandard's decompress()) takes it too.
+        return zstandard.ZstdCompressor(level=3).compressobj(size=size)
     # gzip's framing, mtime 0: the same root always gives the same bytes.
     return zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
 
@@ -68,8 +71,8 @@ def make_copies(files: tuple[Path, ...], stop: threading.Event) -> None:
 
 def _writer(path: Path, coding: str, stop: threading.Event) -> Callable[[BinaryIO], None]:
     def write(out: BinaryIO) -> None:
-        compressor = _compressor(coding)
         with path.open("rb") as source:
+            compressor = _compressor(coding, os.fstat(source.fileno()).st_size)
             while chunk := source.read(CHUNK):
                 if stop.is_set():
                     raise Stopped
