@@ -105,13 +105,19 @@ async def test_the_bytes_are_the_bodys_however_it_was_sent(
     url = f"{base}files/big/{big.filename}"
     for cache in ("MISS", "HIT"):
         assert await get(url) == (200, len(big.content), cache)
-    async with aiohttp.ClientSession() as session, session.head(url) as resp:
-        assert resp.status == 200
-    lines = await wait_for_lines(log, 3)
+    async with aiohttp.ClientSession() as session:
+        async with session.head(url) as resp:
+            assert resp.status == 200
+        # A cold root goes out chunked, as it is written: its body, not the framing.
+        async with session.get(f"{base}simple/", headers={"Accept": "text/html"}) as resp:
+            root = await resp.read()
+            assert resp.headers.get("Transfer-Encoding") == "chunked"
+    lines = await wait_for_lines(log, 4)
     assert [ln.split(" ")[:4] for ln in lines] == [
         ["GET", f"/files/big/{big.filename}", "200", str(len(big.content))],
         ["GET", f"/files/big/{big.filename}", "200", str(len(big.content))],
         ["HEAD", f"/files/big/{big.filename}", "200", "0"],  # no body goes with a HEAD
+        ["GET", "/simple/", "200", str(len(root))],
     ]
     assert await proxy.stop() == 0
 

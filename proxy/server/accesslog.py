@@ -37,17 +37,26 @@ def escape(text: str) -> str:
     return escaped.encode("ascii", "backslashreplace").decode("ascii")
 
 
+# A streamed body's bytes, counted by the handler writing it (count_sent).
+SENT = "pythonbuild.sent"
+
+
+def count_sent(response: StreamResponse, size: int) -> None:
+    """`size` more bytes of a streamed body written: its line counts what went out (a
+    chunked stream's framing and a cut transfer's missing rest are not in it)."""
+    response[SENT] = response.get(SENT, 0) + size
+
+
 def body_bytes(request: BaseRequest, response: StreamResponse) -> int:
     """The body's bytes, as nginx's `$body_bytes_sent` (and the fast front) count them.
     aiohttp's `body_length` counts the head too, and not what sendfile sent."""
     if request.method == "HEAD" or response.status in (204, 304):
         return 0
+    if SENT in response:
+        return int(response[SENT])
     if response.content_length is not None:
         return response.content_length
-    # A stream of unknown length (chunked): what was written, less the head.
-    head = len(f"HTTP/1.1 {response.status} {response.reason}\r\n\r\n")
-    head += sum(len(field) + len(value) + 4 for field, value in response.headers.items())
-    return max(0, response.body_length - head)
+    return response.body_length  # none of ours: aiohttp's count, head and all
 
 
 def line(request: BaseRequest, response: StreamResponse, seconds: float) -> str:

@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.helpers import ETag
 
+from proxy.server.accesslog import count_sent
 from proxy.server.errors import TransferFailed
 from proxy.server.files import Following, OnDisk, Relayed
 from proxy.server.keys import FILES
@@ -246,6 +247,7 @@ async def _follow(request: web.Request, decision: Following) -> web.StreamRespon
         try:
             async for chunk in follower.chunks():
                 await response.write(chunk)
+                count_sent(response, len(chunk))
         except TransferFailed:
             _abort(request)
             return response
@@ -267,6 +269,7 @@ async def _relay(request: web.Request, decision: Relayed) -> web.StreamResponse:
             try:
                 async for chunk in body.chunks:
                     await response.write(chunk)
+                    count_sent(response, len(chunk))
             except TransferFailed:
                 _abort(request)
                 return response

@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 from aiohttp import web
 
+from proxy.server.accesslog import count_sent
 from proxy.server.rootindex import RootGeneration, RootInProgress
 
 CHUNK = 1 << 20
@@ -58,6 +59,7 @@ async def follow(
                         return _cut(request, response)
                 await response.write(chunk)
                 sent += len(chunk)
+                count_sent(response, len(chunk))
             if whole:
                 break
             await progress.moved()
