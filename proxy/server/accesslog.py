@@ -19,7 +19,7 @@ import sys
 import time
 
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web import BaseRequest, StreamResponse
+from aiohttp.web import BaseRequest, ResponseKey, StreamResponse
 
 LOGGER = "pythonbuild.access"
 
@@ -38,7 +38,7 @@ def escape(text: str) -> str:
 
 
 # A streamed body's bytes, counted by the handler writing it (count_sent).
-SENT = "pythonbuild.sent"
+SENT = ResponseKey("sent", int)
 
 
 def count_sent(response: StreamResponse, size: int) -> None:
@@ -53,7 +53,7 @@ def body_bytes(request: BaseRequest, response: StreamResponse) -> int:
     if request.method == "HEAD" or response.status in (204, 304):
         return 0
     if SENT in response:
-        return int(response[SENT])
+        return response[SENT]
     if response.content_length is not None:
         return response.content_length
     return response.body_length  # none of ours: aiohttp's count, head and all
