@@ -264,8 +264,13 @@ class PageCache:
     async def _held(self, name: str) -> CachedPage | None:
         entry = self._memory.get(name)
         if entry is None:
-            entry = await asyncio.to_thread(self._load, name)
-            if entry is not None:
+            loaded = await asyncio.to_thread(self._load, name)
+            # A fetch may have put its page in memory while the disk was read (and
+            # stored it, to be read back here under a new generation): the one in
+            # memory stays, unless the disk's is newer (another worker's fetch).
+            entry = self._memory.get(name)
+            if loaded is not None and (entry is None or loaded.fetched_at > entry.fetched_at):
+                entry = loaded
                 self._memory.put(name, entry, entry.size)
         return entry
 
