@@ -187,3 +187,29 @@ async def test_a_proxy_stopped_right_after_a_cold_answer_keeps_that_page(
     resp = await client.get(PAGE, headers=PLAIN)
     assert (resp.status, resp.headers["X-Cache"]) == (200, "HIT")
     assert await resp.read() == body
+
+
+async def test_a_page_put_in_memory_while_the_disk_is_read_stays(
+    make_proxy: ProxyFactory, demo: FixtureUpstream, tmp_path: Path
+) -> None:
+    """A fetch puts its page in memory (then on disk) while another request reads the
+    disk for it: the disk's copy, read back under a new generation, must not replace it
+    (a new generation is a new rendering, a second memo entry)."""
+    client = await make_proxy()
+    assert (await client.get(PAGE, headers=PLAIN)).status == 200
+    await until(lambda: "page/demo-pkg" in _stored_pages(tmp_path), "the page is stored")
+    assert client.app is not None
+    cache = client.app[PAGES]._cache
+    held = cache._memory.pop("demo-pkg")  # as if not in memory when the request came
+    assert held is not None
+    reading = asyncio.ensure_future(cache._held("demo-pkg"))
+    await asyncio.sleep(0)  # the read of the disk is under way in its thread
+    cache._memory.put("demo-pkg", held, held.size)  # meanwhile, the fetch's page
+    entry = await reading
+    assert entry is held
+    assert cache._memory.get("demo-pkg") is held
+    # Nothing in memory: the disk's copy, under a generation of its own.
+    cache._memory.pop("demo-pkg")
+    loaded = await cache._held("demo-pkg")
+    assert loaded is not None and loaded.generation != held.generation
+    assert loaded.fetched_at == held.fetched_at
