@@ -37,12 +37,16 @@ def many(upstream: FixtureUpstream) -> FixtureUpstream:
 
 
 async def coded(
-    client: TestClient[Request, Application], headers: dict[str, str], coding: str
+    client: TestClient[Request, Application],
+    headers: dict[str, str],
+    coding: str,
+    path: str = PAGE,
 ) -> ClientResponse:
-    """The first answer that comes in `coding` (its copy is made after the second ask)."""
+    """The first answer that comes in `coding` (its copy is made in the background: for
+    a page after the second ask, for the root once it is held)."""
     deadline = time.monotonic() + 30
     while True:
-        resp = await client.get(PAGE, headers=headers, auto_decompress=False)
+        resp = await client.get(path, headers=headers, auto_decompress=False)
         await resp.read()
         if resp.headers.get("Content-Encoding") == coding:
             return resp

@@ -4,17 +4,11 @@ is switched in, chosen by the client's Accept-Encoding, never half made."""
 from __future__ import annotations
 
 import asyncio
-import gzip
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import zstandard
-from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient
-from aiohttp.web import Application, Request
 from yarl import URL
 
 from proxy.server.encoding import GZIP, ZSTD
@@ -23,29 +17,10 @@ from proxy.server.rootcoded import coded_path, make_copies
 from proxy.server.rootindex import RootGeneration, RootIndex
 from proxy.server.upstream import Upstream, Validators
 from tests.conftest import ProxyFactory
+from tests.test_encoding import DECODE, coded
 from tests.test_pages import JSON_V1
 from tests.upstream import FixtureUpstream
 from tests.waits import until
-
-# One-shot decoders: a frame that did not say its size would be refused here.
-DECODE: dict[str, Callable[[bytes], bytes]] = {
-    GZIP: gzip.decompress,
-    ZSTD: zstandard.ZstdDecompressor().decompress,
-}
-
-
-async def root_in(
-    client: TestClient[Request, Application], headers: dict[str, str], coding: str
-) -> ClientResponse:
-    """The first root answer in `coding` (its copy is made after the root is held)."""
-    deadline = time.monotonic() + 30
-    while True:
-        resp = await client.get("/simple/", headers=headers, auto_decompress=False)
-        await resp.read()
-        if resp.headers.get("Content-Encoding") == coding:
-            return resp
-        assert time.monotonic() < deadline, f"no root came in {coding}"
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("accept", ["text/html", JSON_V1])
@@ -62,7 +37,9 @@ async def test_the_root_goes_out_in_the_coding_the_client_prefers(
     assert len(body) > 200_000 and "Content-Encoding" not in plain.headers
     copies = {}
     for coding in (ZSTD, GZIP):
-        resp = await root_in(client, {"Accept": accept, "Accept-Encoding": coding}, coding)
+        resp = await coded(
+            client, {"Accept": accept, "Accept-Encoding": coding}, coding, "/simple/"
+        )
         copies[coding] = await resp.read()
         assert DECODE[coding](copies[coding]) == body
         assert len(copies[coding]) < len(body) / 5
@@ -95,7 +72,7 @@ async def test_a_refreshed_root_gets_copies_of_its_own(
 ) -> None:
     upstream.add("first")
     client = await make_proxy(root_ttl=0)
-    first = await root_in(client, {"Accept-Encoding": GZIP}, GZIP)
+    first = await coded(client, {"Accept-Encoding": GZIP}, GZIP, "/simple/")
     assert b"first" in DECODE[GZIP](await first.read())
     upstream.add("second")
     deadline = time.monotonic() + 30
@@ -159,7 +136,7 @@ async def test_a_planted_link_is_never_sent_as_a_copy(
 ) -> None:
     client = await make_proxy()
     plain = await (await client.get("/simple/", headers={"Accept-Encoding": "identity"})).read()
-    await root_in(client, {"Accept-Encoding": ZSTD}, ZSTD)
+    await coded(client, {"Accept-Encoding": ZSTD}, ZSTD, "/simple/")
     [copy] = (tmp_path / "proxy" / "cache" / "root").glob("gen-*/root.html.zstd")
     secret = tmp_path / "secret"
     secret.write_bytes(b"not for clients")

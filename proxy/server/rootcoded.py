@@ -16,15 +16,12 @@ import logging
 import os
 import stat
 import threading
-import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Protocol
-
-import zstandard
+from typing import BinaryIO
 
 from proxy.atomic import write_atomically
-from proxy.server.encoding import CODINGS, ZSTD
+from proxy.server.encoding import CODINGS, compressor
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +30,6 @@ CHUNK = 1 << 20
 
 class Stopped(Exception):
     """The proxy is shutting down: the copy being made is dropped."""
-
-
-class _Compressor(Protocol):
-    def compress(self, data: bytes, /) -> bytes: ...
-    def flush(self) -> bytes: ...
-
-
-def _compressor(coding: str, size: int) -> _Compressor:
-    if coding == ZSTD:
-        # The size in the frame's header, as a one-shot compress writes it: a decoder
-        # that reads whole frames only (python-zstandard's decompress()) takes it too.
-        return zstandard.ZstdCompressor(level=3).compressobj(size=size)
-    # gzip's framing, mtime 0: the same root always gives the same bytes.
-    return zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
 
 
 def coded_path(path: Path, coding: str) -> Path:
@@ -72,12 +55,12 @@ def make_copies(files: tuple[Path, ...], stop: threading.Event) -> None:
 def _writer(path: Path, coding: str, stop: threading.Event) -> Callable[[BinaryIO], None]:
     def write(out: BinaryIO) -> None:
         with path.open("rb") as source:
-            compressor = _compressor(coding, os.fstat(source.fileno()).st_size)
+            made = compressor(coding, os.fstat(source.fileno()).st_size)
             while chunk := source.read(CHUNK):
                 if stop.is_set():
                     raise Stopped
-                out.write(compressor.compress(chunk))
-        out.write(compressor.flush())
+                out.write(made.compress(chunk))
+        out.write(made.flush())
 
     return write
 
